@@ -1,0 +1,5 @@
+import sys
+
+from lgdnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: pure torch. See docs/architecture.md for the contract."""
