@@ -1,0 +1,183 @@
+"""Classifiers of the two training stages (Sec. 3.2 and 4.3) and their losses.
+
+* Stage 1, :class:`GlobalLocalHead`: one linear classifier on g_L and one on P(x_L); the loss
+  of Eq. (6) is the sum of their cross-entropies.
+* Stage 2, :class:`CombinationClassifier`: the local and global combination classifier of
+  Eq. (4)-(5), ``[mean_i phi(x_L^i), phi(g_L)]`` followed by a linear layer, trained with
+  Eq. (7). phi is the Tensor Sketch projection of the bilinear kernel (:class:`TensorSketch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GlobalLocalHead(nn.Module):
+    """Stage-1 head (Eq. 6): ``global_classifier(g_L)`` and ``local_classifier(P(x_L))``.
+
+    Args:
+        feature_dim: C_L, channels of x_L and g_L.
+        num_classes: number of classes.
+        dropout: dropout probability before both classifiers.
+
+    Shape:
+        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> dict of ``(N, num_classes)``
+        tensors ``logits`` (mean of the two, for prediction), ``global_logits``,
+        ``local_logits``.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.global_classifier = nn.Linear(feature_dim, num_classes)
+        self.local_classifier = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
+        global_logits = self.global_classifier(self.dropout(global_))
+        local_logits = self.local_classifier(self.dropout(local.mean((2, 3, 4))))  # P(x_L)
+        return {
+            "logits": (global_logits + local_logits) / 2,
+            "global_logits": global_logits,
+            "local_logits": local_logits,
+        }
+
+
+class TensorSketch(nn.Module):
+    """Tensor Sketch phi of the degree-2 polynomial (bilinear) kernel (Pham & Pagh; Gao et al.).
+
+    ``phi(v) = IFFT(FFT(CS1(v)) * FFT(CS2(v)))`` where each count sketch
+    ``CS(v)[j] = sum_{i: h(i) = j} s(i) v_i`` uses a hash ``h: [0, C) -> [0, d)`` and signs
+    ``s in {-1, +1}``. Then ``<phi(a), phi(b)>`` is an unbiased estimate of ``<a, b>^2``.
+    The hashes and signs are drawn once from a generator seeded with ``seed`` and stored as
+    persistent buffers, so they survive ``state_dict`` round trips and ``.to()``.
+
+    Args:
+        in_features: C, the size of the input vectors.
+        sketch_dim: d, the size of the sketch.
+        seed: seed of the hashes and signs.
+
+    Shape:
+        ``(..., C) -> (..., d)``.
+    """
+
+    def __init__(self, in_features: int, sketch_dim: int = 8192, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.in_features = in_features
+        self.sketch_dim = sketch_dim
+        for k in (1, 2):
+            index = torch.randint(sketch_dim, (in_features,), generator=generator)
+            sign = torch.randint(2, (in_features,), generator=generator) * 2 - 1
+            self.register_buffer(f"hash{k}", index)
+            self.register_buffer(f"sign{k}", sign.float())
+
+    def count_sketch(self, v: torch.Tensor, k: int) -> torch.Tensor:
+        """Count sketch ``CS_k(v)``: ``(..., C) -> (..., d)`` (a signed scatter-add)."""
+        index, sign = getattr(self, f"hash{k}"), getattr(self, f"sign{k}")
+        out = v.new_zeros(*v.shape[:-1], self.sketch_dim)
+        return out.index_add(-1, index, v * sign.to(v.dtype))
+
+    def spectrum(self, v: torch.Tensor) -> torch.Tensor:
+        """``FFT(CS1(v)) * FFT(CS2(v))``: the sketch in the frequency domain, ``(..., d//2+1)``."""
+        return torch.fft.rfft(self.count_sketch(v, 1)) * torch.fft.rfft(self.count_sketch(v, 2))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.fft.irfft(self.spectrum(v), n=self.sketch_dim)
+
+    def pooled(self, v: torch.Tensor, dim: int) -> torch.Tensor:
+        """``mean`` of phi over ``dim`` (Eq. 5), averaged in the frequency domain (phi's last
+        step is linear), so one inverse FFT serves all the positions."""
+        return torch.fft.irfft(self.spectrum(v).mean(dim), n=self.sketch_dim)
+
+
+def signed_sqrt(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``sign(z) sqrt(|z|)``; ``eps`` bounds the gradient near zero."""
+    return torch.sign(z) * torch.sqrt(z.abs() + eps)
+
+
+class CombinationClassifier(nn.Module):
+    """Stage-2 local and global combination classifier (Sec. 3.2, Eq. 4-5).
+
+    ``phi({x_L, g_L}) = [1/N sum_i phi(x_L^i), phi(g_L)]`` over the N = T'H'W' positions,
+    then a linear layer. By default each half is passed through a signed square root and L2
+    normalisation, as in compact bilinear pooling (Gao et al.): the averaged local sketch and
+    the global sketch have very different scales, and normalising each keeps both kernels of
+    Eq. (4) in play. The sketch is computed in (at least) float32 with autocast off, since
+    half-precision FFTs are inexact and restricted to power-of-two sizes.
+
+    Args:
+        feature_dim: C_L.
+        num_classes: number of classes.
+        sketch_dim: d of each Tensor Sketch (8192 by default; the output of phi is 2d).
+        signed_sqrt: apply the signed square root to each half.
+        l2_normalize: L2-normalise each half.
+        dropout: dropout probability before the linear layer.
+        seed: seed of the sketch hashes (the local and global sketches share one phi).
+
+    Shape:
+        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> ``{"logits": (N, num_classes)}``.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        sketch_dim: int = 8192,
+        signed_sqrt: bool = True,
+        l2_normalize: bool = True,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sketch = TensorSketch(feature_dim, sketch_dim, seed)
+        self.use_signed_sqrt = signed_sqrt
+        self.use_l2_normalize = l2_normalize
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * sketch_dim, num_classes)
+
+    def features(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
+        """phi({x_L, g_L}) of Eq. (5), ``(N, 2d)``."""
+        dtype = torch.promote_types(local.dtype, torch.float32)
+        device_type = local.device.type
+        autocast_off = (
+            torch.autocast(device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext()
+        )
+        with autocast_off:
+            positions = local.to(dtype).flatten(2).transpose(1, 2)  # (N, T'H'W', C): x_L^i
+            parts = [self.sketch.pooled(positions, dim=1), self.sketch(global_.to(dtype))]
+            if self.use_signed_sqrt:
+                parts = [signed_sqrt(p) for p in parts]
+            if self.use_l2_normalize:
+                parts = [F.normalize(p, dim=-1) for p in parts]
+            return torch.cat(parts, dim=-1)
+
+    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(local, global_).to(self.classifier.weight.dtype)
+        return {"logits": self.classifier(self.dropout(features))}
+
+
+def stage_loss(
+    outputs: dict[str, torch.Tensor], target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """The training loss of either stage (Sec. 4.3).
+
+    Stage 1 (outputs carry ``global_logits`` and ``local_logits``): Eq. (6), the *sum* of the
+    cross-entropies of the global and the local classifier. Stage 2: Eq. (7), the
+    cross-entropy of the combination classifier's ``logits``.
+
+    Args:
+        outputs: the dict returned by ``LGDNet.forward``.
+        target: class indices ``(N,)`` (or class probabilities ``(N, K)``).
+        label_smoothing: passed to ``F.cross_entropy``.
+    """
+    if "global_logits" in outputs:
+        return F.cross_entropy(
+            outputs["global_logits"], target, label_smoothing=label_smoothing
+        ) + F.cross_entropy(outputs["local_logits"], target, label_smoothing=label_smoothing)
+    return F.cross_entropy(outputs["logits"], target, label_smoothing=label_smoothing)

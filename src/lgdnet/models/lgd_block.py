@@ -1,0 +1,169 @@
+"""The Local and Global Diffusion block (Sec. 3.1, Eq. 1-3) and its variants (Sec. 5.3, Eq. 8-9).
+
+One :class:`LGDBlock` wraps any *local unit* F, the residual unit before its final ReLU
+(branch plus shortcut), with the contract ``(N, C_in, T, H, W) -> (N, C_out, T', H', W')``.
+LGD-3D plugs in a P3D-A bottleneck, LGD-2D a 2D bottleneck applied to every frame; the
+diffusion code below is the only place Eq. (2), (3), (8) and (9) are written.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Diffusion = Literal["lgd", "v1", "v2", "none"]
+DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
+
+
+def low_rank(out_channels: int, rank_ratio: int) -> int:
+    """Rank C_hat = C_out / rank_ratio of the projections (Sec. 3.1: C/16), at least 1."""
+    return max(1, out_channels // rank_ratio)
+
+
+def lgd_extra_parameters(
+    in_channels: int, out_channels: int, diffusion: str = "lgd", rank_ratio: int = 16
+) -> int:
+    """Closed form of the parameters an LGD block adds to its local unit.
+
+    With r = C_out / rank_ratio, each low-rank projection W = W1 W2 (C_a -> C_b) costs
+    r (C_a + C_b): W^{x,g} (C_in -> C_out), W^{g,g} (C_in -> C_out), W^{g,x} (C_out -> C_out).
+    For C_in = C_out = C and r = C/16 this is 3 * 2C * C/16 = 3/8 C^2, the paper's figure.
+    ``"v1"`` keeps only W^{x,g}; ``"none"`` adds nothing.
+    """
+    if diffusion not in DIFFUSIONS:
+        raise ValueError(f"unknown diffusion {diffusion!r}; expected one of {DIFFUSIONS}")
+    rank = low_rank(out_channels, rank_ratio)
+    global_to_local = rank * (in_channels + out_channels)
+    if diffusion == "none":
+        return 0
+    if diffusion == "v1":
+        return global_to_local
+    return (
+        global_to_local + rank * (out_channels + out_channels) + rank * (in_channels + out_channels)
+    )
+
+
+class LowRankLinear(nn.Module):
+    """A bias-free projection W = W1 W2 of rank r (Sec. 3.1): ``reduce`` is W2, ``expand`` W1.
+
+    Args:
+        in_features: C_a, the size of the input vector.
+        out_features: C_b, the size of the output vector.
+        rank: r, the inner dimension C_hat.
+
+    Shape:
+        ``(N, C_a) -> (N, C_b)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__()
+        self.reduce = nn.Linear(in_features, rank, bias=False)
+        self.expand = nn.Linear(rank, out_features, bias=False)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(v))
+
+
+class LGDBlock(nn.Module):
+    """One LGD block B({x_{l-1}, g_{l-1}}) -> {x_l, g_l} around a local unit F (Eq. 1).
+
+    Variants (one argument, Sec. 5.3):
+
+    * ``"lgd"``: Eq. (2) ``x_l = ReLU(F(x_{l-1}) + US(W^{x,g} g_{l-1}))`` and
+      Eq. (3) ``g_l = ReLU(W^{g,x} P(x_l) + W^{g,g} g_{l-1})``.
+    * ``"v1"``: Eq. (2) and Eq. (8) ``g_l = P(x_l)`` (no W^{g,x}, W^{g,g}).
+    * ``"v2"``: Eq. (9) ``x_l = ReLU(F(x_{l-1}) * US(sigmoid(W^{x,g} g_{l-1})))`` with Eq. (3).
+      Note that with W^{x,g} = 0 (ImageNet initialisation) the gate starts at sigmoid(0) = 0.5,
+      so unlike ``"lgd"`` the pre-trained features are halved at the start, not preserved.
+    * ``"none"``: ``x_l = ReLU(F(x_{l-1}))``, the plain residual unit; ``g`` passes through
+      untouched (the network takes P(x_L) as its global vector).
+
+    P is the global average over T x H x W. Each W is low rank, ``W = W1 W2`` with rank
+    ``C_out // rank_ratio``. Where the block changes channels (the first block of a stage) the
+    projections map between the sizes: W^{x,g}: C_in -> C_out, W^{g,g}: C_in -> C_out,
+    W^{g,x}: C_out -> C_out, so ``g_l`` always has the channels of ``x_l``.
+
+    Parameter names stay torchvision's: the unit's layers are registered directly on the block
+    (``layer1.0.conv1``, not ``layer1.0.local_unit.conv1``) so a 2D ResNet checkpoint maps by
+    name. To keep module-swapping tools (SyncBatchNorm conversion, quantisation) working, the
+    unit and the block share one table of submodules, parameters and buffers.
+
+    Args:
+        local_unit: F, returns branch + shortcut before the final ReLU.
+        in_channels: C_in of ``x_{l-1}`` and ``g_{l-1}``.
+        out_channels: C_out of ``x_l`` and ``g_l``.
+        diffusion: ``"lgd" | "v1" | "v2" | "none"``.
+        rank_ratio: C / C_hat (16 in the paper).
+
+    Shape:
+        ``x: (N, C_in, T, H, W), g: (N, C_in) -> x: (N, C_out, T', H', W'), g: (N, C_out)``;
+        with ``"none"`` the block takes and returns ``g`` unchanged (usually ``None``).
+    """
+
+    def __init__(
+        self,
+        local_unit: nn.Module,
+        in_channels: int,
+        out_channels: int,
+        diffusion: str = "lgd",
+        rank_ratio: int = 16,
+    ) -> None:
+        super().__init__()
+        if diffusion not in DIFFUSIONS:
+            raise ValueError(f"unknown diffusion {diffusion!r}; expected one of {DIFFUSIONS}")
+        # Share the unit's tables (see the class docstring): its layers become the block's.
+        for table in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
+            self.__dict__[table] = local_unit.__dict__[table]
+        self.__dict__["local_unit"] = local_unit  # deliberately not a registered child
+        self.diffusion = diffusion
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        rank = low_rank(out_channels, rank_ratio)
+        for name in ("global_to_local", "local_to_global", "global_to_global"):
+            if name in self._modules:
+                raise ValueError(f"the local unit already has a submodule named {name!r}")
+        if diffusion != "none":
+            self.global_to_local = LowRankLinear(in_channels, out_channels, rank)  # W^{x,g}
+        if diffusion in ("lgd", "v2"):
+            self.local_to_global = LowRankLinear(out_channels, out_channels, rank)  # W^{g,x}
+            self.global_to_global = LowRankLinear(in_channels, out_channels, rank)  # W^{g,g}
+
+    def train(self, mode: bool = True) -> LGDBlock:
+        super().train(mode)
+        self.local_unit.training = mode
+        return self
+
+    def forward(
+        self, x: torch.Tensor, g: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.local_unit(x)  # F(x_{l-1}) = branch + shortcut, a fresh tensor
+        if self.diffusion == "none":
+            return F.relu(out, inplace=True), g
+        if g is None:
+            raise ValueError("an LGD block needs the global vector g_{l-1}")
+        if self.diffusion == "v2":
+            gate = torch.sigmoid(self.global_to_local(g))
+            out = F.relu(out * gate[:, :, None, None, None], inplace=True)  # Eq. (9)
+        else:
+            # Eq. (2): US broadcasts the residual; adding in place avoids a full-size copy.
+            out += self.global_to_local(g)[:, :, None, None, None]
+            out = F.relu(out, inplace=True)
+        pooled = out.mean((2, 3, 4))  # P(x_l)
+        if self.diffusion == "v1":
+            return out, pooled  # Eq. (8)
+        g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))  # Eq. (3)
+        return out, g
+
+
+class LGDStage(nn.Sequential):
+    """A stack of LGD blocks (one ``res`` stage of Table 1) threading the pair (x, g)."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, g: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for block in self:
+            x, g = block(x, g)
+        return x, g

@@ -1,0 +1,170 @@
+"""The LGD block: Eq. (2), (3), (8), (9), gradients, parameter counts, module plumbing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lgdnet.models import (
+    FrameBottleneck,
+    LGDBlock,
+    P3DBottleneck,
+    count_parameters,
+    create_model,
+    lgd_extra_parameters,
+)
+from lgdnet.models.init import init_scratch
+
+VARIANTS = ("lgd", "v1", "v2", "none")
+
+
+def make_block(
+    diffusion: str, c_in: int = 4, width: int = 2, rank_ratio: int = 4, unit_type=P3DBottleneck
+) -> LGDBlock:
+    torch.manual_seed(0)
+    unit = unit_type(c_in, width, stride=1)
+    block = LGDBlock(unit, c_in, width * 4, diffusion, rank_ratio)
+    init_scratch(block)
+    return block
+
+
+def project(lowrank: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """W v with W = W1 W2 written out by hand."""
+    w = lowrank.expand.weight @ lowrank.reduce.weight
+    return v @ w.T
+
+
+@pytest.mark.parametrize("diffusion", VARIANTS)
+def test_block_matches_the_equations(diffusion):
+    block = make_block(diffusion).eval()
+    x = torch.randn(2, 4, 3, 5, 5)
+    g = torch.randn(2, 4)
+    with torch.no_grad():
+        f = block.local_unit(x)  # F(x_{l-1}), branch + shortcut
+        if diffusion == "none":
+            x_ref, g_ref = F.relu(f), g
+        elif diffusion == "v2":
+            gate = torch.sigmoid(project(block.global_to_local, g))
+            x_ref = F.relu(f * gate[:, :, None, None, None])  # Eq. (9)
+        else:
+            x_ref = F.relu(f + project(block.global_to_local, g)[:, :, None, None, None])  # Eq. (2)
+        if diffusion == "v1":
+            g_ref = x_ref.mean((2, 3, 4))  # Eq. (8)
+        elif diffusion in ("lgd", "v2"):
+            pooled = x_ref.mean((2, 3, 4))
+            g_ref = F.relu(
+                project(block.local_to_global, pooled) + project(block.global_to_global, g)
+            )  # Eq. (3)
+        x_out, g_out = block(x, g)
+    torch.testing.assert_close(x_out, x_ref)
+    if diffusion == "none":
+        assert g_out is g
+    else:
+        torch.testing.assert_close(g_out, g_ref)
+
+
+@pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
+@pytest.mark.parametrize("diffusion", VARIANTS)
+def test_gradcheck_float64_block(diffusion, unit_type):
+    """gradcheck through the in-place additions, w.r.t. inputs and the projection weights."""
+    block = make_block(diffusion, c_in=4, width=2, unit_type=unit_type).double()
+    params = {n: p.detach() for n, p in block.named_parameters()}
+    proj_names = [n for n in params if n.startswith(("global_to", "local_to"))]
+    x = torch.randn(2, 4, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    weights = [params[n].clone().requires_grad_(True) for n in proj_names]
+
+    def run(x, g, *ws):
+        override = dict(zip(proj_names, ws))
+        out, g_out = functional_call(block, {**params, **override}, (x, g))
+        return (out, g_out) if g_out is not g else (out,)
+
+    assert torch.autograd.gradcheck(run, (x, g, *weights), eps=1e-6, atol=1e-5, fast_mode=True)
+    assert len(proj_names) == {"lgd": 6, "v2": 6, "v1": 2, "none": 0}[diffusion]
+
+
+def closed_form(c_in: int, c_out: int, diffusion: str, rank_ratio: int = 16) -> int:
+    """Extra parameters written out independently of the library: r(C_a + C_b) per W."""
+    r = c_out // rank_ratio
+    per_w = {"xg": r * (c_in + c_out), "gx": r * (c_out + c_out), "gg": r * (c_in + c_out)}
+    return {"none": 0, "v1": per_w["xg"], "lgd": sum(per_w.values()), "v2": sum(per_w.values())}[
+        diffusion
+    ]
+
+
+def test_paper_closed_form_three_eighths_c_squared():
+    for c in (256, 512, 1024, 2048):
+        assert closed_form(c, c, "lgd") == 3 * c * c // 8
+        assert lgd_extra_parameters(c, c, "lgd") == 3 * c * c // 8
+
+
+@pytest.mark.parametrize("diffusion", ["lgd", "v1", "v2"])
+@pytest.mark.parametrize("kind", ["3d", "2d"])
+def test_extra_parameters_per_block_tiny(diffusion, kind):
+    name = {"3d": ("lgd3d_tiny", "p3d_tiny"), "2d": ("lgd2d_tiny", "tsn_tiny")}[kind]
+    lgd = create_model(name[0], num_classes=3, diffusion=diffusion, base_width=16)
+    plain = create_model(name[1], num_classes=3, base_width=16)
+    blocks = [m for m in lgd.modules() if isinstance(m, LGDBlock)]
+    plain_blocks = [m for m in plain.modules() if isinstance(m, LGDBlock)]
+    assert len(blocks) == len(plain_blocks) == 4
+    for block, reference in zip(blocks, plain_blocks):
+        extra = count_parameters(block) - count_parameters(reference)
+        assert extra == closed_form(block.in_channels, block.out_channels, diffusion)
+        assert extra == lgd_extra_parameters(block.in_channels, block.out_channels, diffusion)
+    assert count_parameters(lgd) - count_parameters(plain) == sum(
+        closed_form(b.in_channels, b.out_channels, diffusion) for b in blocks
+    )
+
+
+def test_extra_parameters_resnet50_total():
+    """Whole LGD-3D R-50 vs P3D R-50, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        lgd = create_model("lgd3d_r50", num_classes=10)
+        plain = create_model("p3d_r50", num_classes=10)
+    expected = 0
+    c_in = 64
+    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        for _ in range(blocks):
+            expected += closed_form(c_in, 4 * width, "lgd")
+            c_in = 4 * width
+    assert count_parameters(lgd) - count_parameters(plain) == expected
+
+
+def test_module_swaps_reach_the_local_unit():
+    """Tools that replace submodules (e.g. SyncBatchNorm conversion) must affect forward."""
+    block = make_block("lgd").eval()
+    x, g = torch.randn(1, 4, 2, 3, 3), torch.randn(1, 4)
+    calls = []
+
+    class Spy(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, v):
+            calls.append(v.shape)
+            return self.inner(v)
+
+    block.bn1 = Spy(block.bn1)
+    block(x, g)
+    assert len(calls) == 1
+    assert "bn1.inner.weight" in dict(block.named_parameters())
+
+
+def test_deepcopy_and_train_flag():
+    block = make_block("lgd")
+    clone = copy.deepcopy(block)
+    x, g = torch.randn(2, 4, 2, 3, 3), torch.randn(2, 4)
+    clone.eval()
+    block.eval()
+    assert not clone.local_unit.training and not clone.bn1.training
+    torch.testing.assert_close(clone(x, g)[0], block(x, g)[0])
+    with torch.no_grad():
+        clone.conv1.weight.add_(1.0)  # the copy's unit must use the copy's layers only
+    assert not torch.allclose(clone(x, g)[0], block(x, g)[0])
+    torch.testing.assert_close(block(x, g)[0], make_block("lgd").eval()(x, g)[0])
