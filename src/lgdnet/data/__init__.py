@@ -21,6 +21,10 @@ _EXPORTS = {
     "SamplingSpec": "lgdnet.data.sampling",
     "VideoDataset": "lgdnet.data.dataset",
     "collate_views": "lgdnet.data.dataset",
+    # optical flow
+    "FlowSource": "lgdnet.data.flow",
+    "open_flow": "lgdnet.data.flow",
+    "extract_flow_dataset": "lgdnet.data.flow_extraction",
     # the embedded dataset
     "write_synthetic_dataset": "lgdnet.data.synthetic",
 }
