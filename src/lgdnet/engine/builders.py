@@ -1,0 +1,122 @@
+"""Factories that turn a :class:`~lgdnet.engine.config.Config` into objects.
+
+Only these functions read configuration objects; models and datasets take plain keyword
+arguments (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from lgdnet.engine.config import Config, DataConfig, ModelConfig
+from lgdnet.errors import ConfigError
+
+_SAMPLING_FIELDS = ("num_frames", "frame_stride", "train_resize", "crop_size", "test_short_side",
+                    "num_test_views", "test_crops")
+
+
+def model_options(model: ModelConfig) -> dict[str, Any]:
+    """Keyword options for ``create_model`` from the model section (``None`` = model default)."""
+    options: dict[str, Any] = {"init": model.init}
+    if model.pretrained:
+        options["pretrained"] = model.pretrained
+    for name in ("diffusion", "rank_ratio", "in_channels", "dropout", "num_segments"):
+        if getattr(model, name) is not None:
+            options[name] = getattr(model, name)
+    options.update(model.options)
+    return options
+
+
+def build_model(config: Config, num_classes: int | None = None) -> torch.nn.Module:
+    """A stage-1 model as configured.
+
+    Args:
+        config: the run configuration.
+        num_classes: used when ``model.num_classes`` is 0 (the number of classes found in the
+            training annotations).
+    """
+    from lgdnet.models import create_model, list_models
+
+    classes = config.model.num_classes or num_classes
+    if not classes:
+        raise ConfigError("model.num_classes: 0 (from the data) but no training annotations given")
+    if config.model.name not in list_models():
+        raise ConfigError(
+            f"model.name: unknown model {config.model.name!r} (known: {', '.join(list_models())})"
+        )
+    try:
+        return create_model(config.model.name, classes, **model_options(config.model))
+    except (TypeError, ValueError) as error:  # an option the model does not take, a bad value
+        raise ConfigError(f"model: {error}") from None
+
+
+def sampling_spec(data: DataConfig, kind: str) -> Any:
+    """The ``SamplingSpec`` for a ``"3d"`` (clips) or ``"2d"`` (segments) model.
+
+    Starts from the paper's defaults (``SamplingSpec.for_3d``/``for_2d``, Sec. 5.2) and
+    replaces the fields that the data section sets.
+    """
+    from lgdnet.data import SamplingSpec
+
+    spec = SamplingSpec.for_3d() if kind == "3d" else SamplingSpec.for_2d()
+    overrides = {name: getattr(data, name) for name in _SAMPLING_FIELDS if getattr(data, name) is not None}
+    if overrides:
+        try:
+            spec = dataclasses.replace(spec, **overrides)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data: invalid sampling settings {overrides} ({error})") from None
+    return spec
+
+
+def single_view_spec(spec: Any) -> Any:
+    """The same sampling with one test view (the centre clip or triple, one crop), for the
+    quick validation during training."""
+    return dataclasses.replace(spec, num_test_views=1, test_crops=1)
+
+
+def load_split(data: DataConfig, which: str, classes: list[str] | None = None) -> Any:
+    """Annotations of the training (``which="train"``) or validation (``"val"``) list."""
+    from lgdnet.data import load_annotations
+
+    path = data.train_list if which == "train" else data.val_list
+    if not path:
+        raise ConfigError(f"data.{which}_list: no annotation file given")
+    return load_annotations(
+        path,
+        root=data.root or None,
+        format=data.format,
+        split=data.split,
+        subset="train" if which == "train" else "val",
+        classes=classes if classes is not None else (data.classes or None),
+    )
+
+
+def build_train_dataset(config: Config, kind: str) -> tuple[torch.utils.data.Dataset, list[str]]:
+    """``(training dataset, class names)``: random training views (``mode="train"``) for a
+    ``"3d"`` or ``"2d"`` model."""
+    from lgdnet.data import VideoDataset
+
+    annotations = load_split(config.data, "train")
+    dataset = VideoDataset(annotations.records, sampling_spec(config.data, kind), mode="train",
+                           on_error=config.data.on_error, modality=config.data.modality,
+                           seed=config.run.seed)
+    return dataset, list(annotations.classes)
+
+
+def build_val_dataset(
+    config: Config, kind: str, classes: list[str], views: str = "all"
+) -> torch.utils.data.Dataset:
+    """The validation set in test mode with labels in the order of ``classes``: all the
+    configured views (Sec. 5.2), or ``views="one"`` (one centre view, for the quick accuracy
+    during training)."""
+    from lgdnet.data import VideoDataset
+
+    spec = sampling_spec(config.data, kind)
+    if views == "one":
+        spec = single_view_spec(spec)
+    annotations = load_split(config.data, "val", classes=classes)
+    return VideoDataset(annotations.records, spec, mode="test", on_error=config.data.on_error,
+                        modality=config.data.modality, seed=config.run.seed)
