@@ -17,6 +17,11 @@ _EXPORTS = {
     "VideoRecord": "lgdnet.data.annotations",
     "Annotations": "lgdnet.data.annotations",
     "load_annotations": "lgdnet.data.annotations",
+    "load_classes": "lgdnet.data.annotations",
+    "save_classes": "lgdnet.data.annotations",
+    # dataset checks and frame extraction
+    "check_dataset": "lgdnet.data.checking",
+    "extract_frames": "lgdnet.data.frame_extraction",
     # sampling, transforms, datasets
     "SamplingSpec": "lgdnet.data.sampling",
     "VideoDataset": "lgdnet.data.dataset",
@@ -27,6 +32,7 @@ _EXPORTS = {
     "extract_flow_dataset": "lgdnet.data.flow_extraction",
     # the embedded dataset
     "write_synthetic_dataset": "lgdnet.data.synthetic",
+    "SYNTHETIC_CLASSES": "lgdnet.data.synthetic",
 }
 
 
