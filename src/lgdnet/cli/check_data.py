@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+from lgdnet.cli._dataset_args import add_dataset_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,16 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "something is wrong, 2 when the annotation file itself cannot be read."
         ),
     )
-    parser.add_argument("annotations", metavar="ANNOTATIONS",
-                        help="list file, Kinetics CSV, or UCF101/HMDB51 splits folder")
-    parser.add_argument("--root", default=None, metavar="DIR",
-                        help="folder the annotation paths are relative to (default: the list's folder)")
-    parser.add_argument("--format", default="auto", choices=("auto", "list", "kinetics", "ucf101", "hmdb51"),
-                        help="annotation format (default: guessed from the path)")
-    parser.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 split (default 1)")
-    parser.add_argument("--subset", default="train", choices=("train", "test", "val"), help="which videos (default train)")
+    add_dataset_arguments(parser, workers_help="parallel readers (default: 2 per CPU, at most 16)")
     parser.add_argument("--classes", default=None, metavar="FILE", help="class names file fixing the label order")
-    parser.add_argument("--workers", type=_positive, default=None, help="parallel readers (default: 2 per CPU, at most 16)")
     parser.add_argument("--min-frames", type=int, default=16, metavar="M",
                         help="report videos with fewer frames (default 16, an LGD-3D clip)")
     parser.add_argument("--no-decode", action="store_true", help="only open each video, decode no frames (faster)")

@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def _size(text: str) -> tuple[int, int]:
-    """``HxW`` -> ``(H, W)``."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 128x171, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sides must be positive, got {text!r}")
-    return height, width
+from lgdnet.cli._dataset_args import (
+    RESUMABLE_SUBSET_HELP,
+    add_dataset_arguments,
+    at_least,
+    load_dataset_annotations,
+    parse_size,
+)
 
 
 def _positive_float(text: str) -> float:
@@ -22,16 +19,6 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,37 +37,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "when some failed."
         ),
     )
-    parser.add_argument("annotations", metavar="ANNOTATIONS",
-                        help="list file, Kinetics CSV, or UCF101/HMDB51 splits folder")
-    parser.add_argument("--root", required=True, metavar="DIR",
-                        help="folder the annotation paths are relative to")
+    add_dataset_arguments(parser, root_required=True, subset_help=RESUMABLE_SUBSET_HELP,
+                          workers_default=os.cpu_count() or 1)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--format", default="auto",
-                        choices=("auto", "list", "kinetics", "ucf101", "hmdb51"),
-                        help="annotation format (default: guessed)")
-    parser.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 split (default 1)")
-    parser.add_argument("--subset", default="train", choices=("train", "test", "val"),
-                        help="which videos (default train; run again with --subset test, "
-                             "shared videos are skipped)")
-    parser.add_argument("--workers", type=_count(1), default=os.cpu_count() or 1,
-                        help="processes, one video each (default: number of CPUs)")
     parser.add_argument("--bound", type=_positive_float, default=20.0,
                         help="clip flow to +-BOUND pixels at the extraction size (default 20)")
     geometry = parser.add_mutually_exclusive_group()
-    geometry.add_argument("--short-side", type=_count(0), default=256, metavar="N",
+    geometry.add_argument("--short-side", type=at_least(0), default=256, metavar="N",
                           help="resize frames so the shorter side is N, keeping the aspect "
                                "ratio, as for the RGB stream (default 256, for 2D models; "
                                "LGD-3D reads 120x160, so 120 suffices there and is "
                                "several times faster; 0 keeps the video's size)")
-    geometry.add_argument("--size", type=_size, default=None, metavar="HxW",
+    geometry.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                           help="resize frames to exactly H x W instead (e.g. 128x171)")
     parser.add_argument("--fast", action="store_true",
                         help="faster TV-L1 (3 warps, stopping tolerance 0.03 instead of 5 and "
                              "0.01): 4-5x faster, mean deviation from the default flow about "
                              "one 8-bit step")
-    parser.add_argument("--warps", type=_count(1), default=None,
+    parser.add_argument("--warps", type=at_least(1), default=None,
                         help="TV-L1 warps per scale (default 5, or 3 with --fast)")
-    parser.add_argument("--scales", type=_count(1), default=None,
+    parser.add_argument("--scales", type=at_least(1), default=None,
                         help="TV-L1 pyramid levels; fewer misses large motion (default 5)")
     parser.add_argument("--epsilon", type=_positive_float, default=None,
                         help="TV-L1 stopping tolerance (default 0.01, or 0.03 with --fast)")
@@ -108,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from lgdnet.data.annotations import detect_format, load_annotations
+    from lgdnet.data.annotations import detect_format
     from lgdnet.data.flow import TVL1_DEFAULT, TVL1_FAST
     from lgdnet.data.flow_extraction import extract_flow_dataset
 
-    annotations = load_annotations(args.annotations, root=args.root, format=args.format,
-                                   split=args.split, subset=args.subset)
+    annotations = load_dataset_annotations(args)
     format = args.format if args.format != "auto" else detect_format(args.annotations)
     tvl1 = TVL1_FAST if args.fast else TVL1_DEFAULT
     overrides = {"warps": args.warps, "scales": args.scales, "epsilon": args.epsilon}

@@ -6,26 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _size(text: str) -> tuple[int, int]:
-    """``HxW`` -> ``(H, W)``."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 240x320, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sides must be positive, got {text!r}")
-    return height, width
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-
-    return parse
+from lgdnet.cli._dataset_args import (
+    RESUMABLE_SUBSET_HELP,
+    add_dataset_arguments,
+    at_least,
+    load_dataset_annotations,
+    parse_size,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,21 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Exit status 0 when every video succeeded, 1 when some failed."
         ),
     )
-    parser.add_argument("annotations", metavar="ANNOTATIONS", help="list file, Kinetics CSV, or UCF101/HMDB51 splits folder")
-    parser.add_argument("--root", default=None, metavar="DIR", help="folder the annotation paths are relative to (default: the list's folder)")
+    add_dataset_arguments(parser, subset_help=RESUMABLE_SUBSET_HELP,
+                          workers_default=os.cpu_count() or 1)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--format", default="auto", choices=("auto", "list", "kinetics", "ucf101", "hmdb51"),
-                        help="annotation format (default: guessed from the path)")
-    parser.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 split (default 1)")
-    parser.add_argument("--subset", default="train", choices=("train", "test", "val"),
-                        help="which videos (default train; run again with --subset test, shared videos are skipped)")
-    parser.add_argument("--workers", type=_count(1), default=os.cpu_count() or 1, help="processes, one video each (default: number of CPUs)")
     geometry = parser.add_mutually_exclusive_group()
-    geometry.add_argument("--short-side", type=_count(0), default=256, metavar="N",
+    geometry.add_argument("--short-side", type=at_least(0), default=256, metavar="N",
                           help="resize so the shorter side is N, keeping the aspect ratio (default 256; 0 keeps the size)")
-    geometry.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize to exactly H x W instead")
+    geometry.add_argument("--size", type=parse_size, default=None, metavar="HxW", help="resize to exactly H x W instead")
     parser.add_argument("--template", default="img_{:05d}.jpg", help="frame file names, numbered from 1 (default img_{:05d}.jpg)")
-    parser.add_argument("--quality", type=_count(1), default=95, help="JPEG quality 1-100 (default 95)")
+    parser.add_argument("--quality", type=at_least(1), default=95, help="JPEG quality 1-100 (default 95)")
     parser.add_argument("--list-out", default=None, metavar="FILE",
                         help="rawframes list to write (default OUT/<list name>_rawframes.txt, or "
                              "OUT/split<N>_<subset>_rawframes.txt for a splits folder)")
@@ -65,10 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lgdnet.data.annotations import load_annotations
     from lgdnet.data.frame_extraction import extract_frames
 
-    annotations = load_annotations(args.annotations, root=args.root, format=args.format, split=args.split, subset=args.subset)
+    annotations = load_dataset_annotations(args)
     source = Path(args.annotations)
     default_name = f"split{args.split}_{args.subset}_rawframes.txt" if source.is_dir() else f"{source.stem}_rawframes.txt"
     list_path = Path(args.list_out) if args.list_out else Path(args.out) / default_name

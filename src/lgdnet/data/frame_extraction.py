@@ -7,15 +7,14 @@ exact ``size``), encoded with OpenCV and written into a hidden ``.<name>.partial
 is renamed into place only when every frame is written: a folder that exists is complete, so
 a second run skips it and an interrupted run is finished by running it again. Bad videos are
 reported at the end and never stop the run. A rawframes list (``video_id num_frames label``)
-and ``classes.txt`` are written beside the frames for the ``list`` annotation loader.
+and ``classes.txt`` are written beside the frames for the ``list`` annotation loader. The
+machinery shared with flow extraction is :mod:`lgdnet.data.resumable_extraction`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
-import multiprocessing
+import functools
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from lgdnet.errors import ConfigError, VideoReadError
+from lgdnet.data.resumable_extraction import (
+    ExtractionReport,
+    atomic_folder,
+    extract_videos,
+    extraction_size,
+)
+from lgdnet.errors import ConfigError
 
 DEFAULT_TEMPLATE = "img_{:05d}.jpg"
 
@@ -54,21 +59,6 @@ class FrameExtractionConfig:
             raise ConfigError(f"size must be positive, got {self.size}")
 
 
-def _output_size(height: int, width: int, config: FrameExtractionConfig) -> tuple[int, int]:
-    from lgdnet.data.transforms import short_side_size
-
-    if config.size is not None:
-        return int(config.size[0]), int(config.size[1])
-    if not config.short_side:
-        return height, width
-    return short_side_size(height, width, config.short_side)
-
-
-def _partial_folder(final: Path) -> Path:
-    # A hidden sibling: never taken for a video folder, and renamed atomically (same disk).
-    return final.parent / f".{final.name}.partial"
-
-
 def extract_video_frames(video_path: str | os.PathLike, out_folder: str | os.PathLike, config: FrameExtractionConfig) -> int:
     """Write every frame of one video into ``out_folder``, atomically; returns the frame count.
 
@@ -79,16 +69,11 @@ def extract_video_frames(video_path: str | os.PathLike, out_folder: str | os.Pat
 
     from lgdnet.data.decoding import open_video
 
-    final = Path(out_folder)
-    partial = _partial_folder(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if partial.exists():  # left over by an interrupted run
-        shutil.rmtree(partial)
-    partial.mkdir()
-    try:
+    # replace: a folder from another tool or an older run is replaced whole
+    with atomic_folder(out_folder, replace=True) as partial:
         options = [int(cv2.IMWRITE_JPEG_QUALITY), config.quality]
         with open_video(video_path, num_threads=1) as source:
-            size = _output_size(source.height, source.width, config)
+            size = extraction_size(source.height, source.width, config.short_side, config.size)
             for start in range(0, source.num_frames, config.chunk_frames):
                 stop = min(start + config.chunk_frames, source.num_frames)
                 frames = source.get_frames(range(start, stop), size=size).numpy()
@@ -98,38 +83,17 @@ def extract_video_frames(video_path: str | os.PathLike, out_folder: str | os.Pat
                         raise OSError(f"OpenCV could not encode frame {start + offset} as JPEG")
                     (partial / config.template.format(start + offset + 1)).write_bytes(encoded.tobytes())
             count = source.num_frames
-        if final.exists():  # a folder from another tool or an older run: replace it whole
-            shutil.rmtree(final)
-        os.rename(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return count
 
 
 @dataclass
-class FrameReport:
+class FrameReport(ExtractionReport):
     """What :func:`extract_frames` did: ids extracted, skipped (already complete) and failed
     (``(video_id, reason)``), frames per finished id, the list written, and the wall time."""
 
-    extracted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
     num_frames: dict[str, int] = field(default_factory=dict)
     list_path: Path | None = None
     seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def _out_folder(out_dir: Path, video_id: str) -> Path:
-    """``out_dir / video_id``, refusing ids that would leave ``out_dir`` or hide the folder."""
-    parts = video_id.replace("\\", "/").split("/")
-    if not video_id or os.path.isabs(video_id) or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        raise VideoReadError(video_id, "video id cannot be used as a frame folder name")
-    return out_dir.joinpath(*parts)
 
 
 def _count_frames(folder: Path, template: str) -> int:
@@ -137,49 +101,6 @@ def _count_frames(folder: Path, template: str) -> int:
 
     pattern = template_to_regex(template)
     return sum(1 for entry in os.scandir(folder) if pattern.match(entry.name))
-
-
-def _init_worker() -> None:
-    # One thread per process: the pool already fills the cores.
-    import cv2
-    import torch
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def _extract_task(task: tuple[str, str, str, FrameExtractionConfig]) -> tuple[str, bool, Any]:
-    """Worker body: ``(video_id, True, num_frames)`` or ``(video_id, False, reason)``."""
-    video_id, video_path, out_folder, config = task
-    try:
-        return video_id, True, extract_video_frames(video_path, out_folder, config)
-    except VideoReadError as error:
-        return video_id, False, str(error)
-    except Exception as error:  # one bad video must never end the run (cv2.error, OSError...)
-        return video_id, False, f"{video_path}: {type(error).__name__}: {error}"
-
-
-def _run_pool(tasks: list, workers: int, finish: Any) -> None:
-    """Run tasks on ``workers`` processes; a crashed worker (a decoder segfault) fails only the
-    videos in flight, and a fresh pool takes the rest."""
-    context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start can hang
-    pending = list(reversed(tasks))
-    while pending:
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            in_flight: dict[futures.Future, tuple] = {}
-            try:
-                while pending or in_flight:
-                    while pending and len(in_flight) < 2 * workers:
-                        task = pending.pop()
-                        in_flight[pool.submit(_extract_task, task)] = task
-                    done, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
-                    for future in done:
-                        result = future.result()  # BrokenProcessPool if a worker died
-                        del in_flight[future]
-                        finish(result)
-            except futures.process.BrokenProcessPool:
-                for task in in_flight.values():
-                    finish((task[0], False, f"{task[1]}: worker process crashed (run again to retry)"))
 
 
 def extract_frames(
@@ -211,75 +132,16 @@ def extract_frames(
     Returns:
         A :class:`FrameReport`; failed videos are listed there, never raised.
     """
-    from tqdm import tqdm
-
     started = time.perf_counter()
     config = FrameExtractionConfig(short_side=short_side, size=size, template=template, quality=quality)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = FrameReport(list_path=Path(list_path) if list_path else out_dir / "rawframes.txt")
-    bar = tqdm(total=len(records), desc="extract-frames", unit="video", disable=not progress)
-    tasks, seen = [], set()
-    for record in records:
-        video_id = str(record.video_id)
-        if video_id in seen:  # listed twice: extracted once
-            bar.update()
-            continue
-        seen.add(video_id)
-        try:
-            folder = _out_folder(out_dir, video_id)
-        except VideoReadError as error:
-            report.failed.append((video_id, str(error)))
-            bar.update()
-            continue
-        if folder.is_dir():  # folders appear only complete (see extract_video_frames)
-            report.num_frames[video_id] = _count_frames(folder, config.template)
-            report.skipped.append(video_id)
-            bar.update()
-        else:
-            tasks.append((video_id, os.fspath(record.path), os.fspath(folder), config))
-
-    def finish(result: tuple[str, bool, Any]) -> None:
-        video_id, succeeded, value = result
-        if succeeded:
-            report.extracted.append(video_id)
-            report.num_frames[video_id] = value
-        else:
-            report.failed.append((video_id, value))
-        bar.update()
-        bar.set_postfix(failed=len(report.failed), refresh=False)
-
-    try:
-        if workers == 1 or len(tasks) <= 1:
-            for task in tasks:
-                finish(_extract_task(task))
-        else:
-            _run_pool(tasks, workers, finish)
-    finally:
-        bar.close()
-        _write_list(report, records, classes)
-        report.seconds = time.perf_counter() - started
-    return report
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _write_list(report: FrameReport, records: Sequence[Any], classes: Sequence[str] | None) -> None:
-    """The finished videos as a rawframes list, in the order of ``records``, each once."""
-    lines, written = [], set()
-    for record in records:
-        video_id = str(record.video_id)
-        if video_id in report.num_frames and video_id not in written:
-            written.add(video_id)
-            lines.append(f"{video_id} {report.num_frames[video_id]} {int(record.label)}\n")
-    assert report.list_path is not None
-    report.list_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(report.list_path, "".join(lines))
-    if classes is not None:
-        _write_atomically(report.list_path.parent / "classes.txt", "".join(f"{name}\n" for name in classes))
+    list_file = Path(list_path) if list_path else out_dir / "rawframes.txt"
+    outcome = extract_videos(
+        records, out_dir, extract_video_frames, config,
+        count_finished=functools.partial(_count_frames, template=config.template), workers=workers,
+        list_path=list_file, classes=classes, what="frame", desc="extract-frames", progress=progress)
+    return FrameReport(outcome.extracted, outcome.skipped, outcome.failed, outcome.counts, list_file,
+                       time.perf_counter() - started)
