@@ -270,3 +270,17 @@ def test_flow_clip_and_flip_negates_x(fake_flow_module):
             assert torch.allclose(x_code, 255 - y_index, atol=1e-3)  # flipped: x' = 255 - x
             signs.add("flipped")
     assert signs == {"as is", "flipped"}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_horizontal_flip_can_be_turned_off(clips_dir, monkeypatch, enabled):
+    flips = []
+    real_flip = T.flip_horizontal
+    monkeypatch.setattr(T, "flip_horizontal", lambda *a, **k: flips.append(1) or real_flip(*a, **k))
+    spec = SamplingSpec.for_3d(num_frames=4, train_resize=(48, 64), crop_size=32,
+                               horizontal_flip=enabled)
+    dataset = VideoDataset(_records(clips_dir, ["v_SoccerJuggling_g23_c01.avi"]), spec)
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        dataset[0]
+    assert (len(flips) > 0) == enabled

@@ -224,7 +224,7 @@ class VideoDataset(Dataset):
         indices = self._indices(source, rng)
         frames = self._read(source, indices, spec.train_resize)
         frames = T.random_crop(frames, spec.crop_size, rng)
-        if rng.random() < 0.5:
+        if spec.horizontal_flip and rng.random() < 0.5:
             frames = T.flip_horizontal(frames, flow=self.modality == "flow")
         return self._finish(frames)
 

@@ -58,6 +58,9 @@ class SamplingSpec:
             of side ``test_short_side`` along the longer side).
         flow_stack: consecutive optical-flow frames per segment (flow modality, 2D).
         pad: how a video shorter than a clip is extended, ``"loop"`` or ``"repeat_last"``.
+        horizontal_flip: random horizontal flips in training (Sec. 5.2). Turn it off for
+            classes that a mirror image turns into one another (e.g. clockwise and
+            counter-clockwise motion).
     """
 
     scheme: Scheme
@@ -70,6 +73,7 @@ class SamplingSpec:
     test_crops: int = 1
     flow_stack: int = 5
     pad: Pad = "loop"
+    horizontal_flip: bool = True
 
     def __post_init__(self) -> None:
         if self.scheme not in ("clip", "segments"):

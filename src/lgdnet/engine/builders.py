@@ -15,7 +15,7 @@ from lgdnet.engine.config import Config, DataConfig, ModelConfig
 from lgdnet.errors import ConfigError
 
 _SAMPLING_FIELDS = ("num_frames", "frame_stride", "train_resize", "crop_size", "test_short_side",
-                    "num_test_views", "test_crops")
+                    "num_test_views", "test_crops", "horizontal_flip")
 
 
 def model_options(model: ModelConfig) -> dict[str, Any]:
