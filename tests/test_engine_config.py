@@ -135,3 +135,18 @@ def test_overrides_parse_by_field_type():
 def test_bad_overrides_name_the_key(override, pattern):
     with pytest.raises(ConfigError, match=re.escape(pattern)):
         apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize("name, stack, channels", [("lgd3d_tiny", None, 2), ("lgd2d_tiny", None, 10),
+                                                   ("lgd2d_tiny", 3, 6)])
+def test_flow_input_channels_follow_the_modality(name, stack, channels):
+    from lgdnet.engine.builders import build_model
+
+    overrides = [f"model.name={name}", "data.modality=flow"]
+    if stack is not None:
+        overrides.append(f"data.flow_stack={stack}")
+    config = apply_overrides(Config(), overrides)
+    assert build_model(config, num_classes=4).in_channels == channels
+    wrong = apply_overrides(config, [f"model.in_channels={channels + 1}"])
+    with pytest.raises(ConfigError, match="in_channels"):
+        build_model(wrong, num_classes=4)

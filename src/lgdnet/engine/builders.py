@@ -15,7 +15,7 @@ from lgdnet.engine.config import Config, DataConfig, ModelConfig
 from lgdnet.errors import ConfigError
 
 _SAMPLING_FIELDS = ("num_frames", "frame_stride", "train_resize", "crop_size", "test_short_side",
-                    "num_test_views", "test_crops", "horizontal_flip")
+                    "num_test_views", "test_crops", "horizontal_flip", "flow_stack")
 
 
 def model_options(model: ModelConfig) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def build_model(config: Config, num_classes: int | None = None) -> torch.nn.Modu
         num_classes: used when ``model.num_classes`` is 0 (the number of classes found in the
             training annotations).
     """
-    from lgdnet.models import create_model, list_models
+    from lgdnet.models import create_model, get_spec, list_models
 
     classes = config.model.num_classes or num_classes
     if not classes:
@@ -47,10 +47,26 @@ def build_model(config: Config, num_classes: int | None = None) -> torch.nn.Modu
         raise ConfigError(
             f"model.name: unknown model {config.model.name!r} (known: {', '.join(list_models())})"
         )
+    options = model_options(config.model)
+    expected = input_channels(config.data, get_spec(config.model.name).kind)
+    options.setdefault("in_channels", expected)
+    if options["in_channels"] != expected:
+        raise ConfigError(
+            f"model.in_channels: {options['in_channels']} does not fit data.modality="
+            f"{config.data.modality!r}, which gives {expected} input channels"
+        )
     try:
-        return create_model(config.model.name, classes, **model_options(config.model))
+        return create_model(config.model.name, classes, **options)
     except (TypeError, ValueError) as error:  # an option the model does not take, a bad value
         raise ConfigError(f"model: {error}") from None
+
+
+def input_channels(data: DataConfig, kind: str) -> int:
+    """Channels of one input frame: 3 for RGB; 2 (x, y) per flow frame for 3D clips and
+    2 x ``flow_stack`` for the stacked flow snippets of 2D models."""
+    if data.modality != "flow":
+        return 3
+    return 2 if kind == "3d" else 2 * sampling_spec(data, kind).flow_stack
 
 
 def sampling_spec(data: DataConfig, kind: str) -> Any:

@@ -74,6 +74,7 @@ class DataConfig:
     test_short_side: int | None = None
     num_test_views: int | None = None
     test_crops: int | None = None
+    flow_stack: int | None = None  # flow frames stacked per 2D segment (None: 5)
     horizontal_flip: bool | None = None  # None: flip (Sec. 5.2); false for mirror-sensitive classes
     num_workers: int = 2
     on_error: str = "skip"
