@@ -14,7 +14,7 @@ import torch
 from lgdnet.data import SamplingSpec, VideoDataset
 from lgdnet.data.flow import flow_frame_name
 from lgdnet.engine.builders import build_model
-from lgdnet.engine.config import Config, ModelConfig
+from lgdnet.engine.config import Config, DataConfig, ModelConfig
 from lgdnet.engine.loop import collate_train
 from lgdnet.models import create_model, list_models
 from lgdnet.models.heads import stage_loss
@@ -76,7 +76,8 @@ def test_config_builds_flow_model_with_cross_modality_init(tmp_path, name):
     write_rgb_resnet(path)
     channels = flow_channels("3d" if "3d" in name else "2d", FLOW_STACK)
     config = Config(model=ModelConfig(name=name, num_classes=3, in_channels=channels,
-                                      init="imagenet", pretrained=str(path)))
+                                      init="imagenet", pretrained=str(path)),
+                    data=DataConfig(modality="flow", flow_stack=FLOW_STACK))
     model = build_model(config)
     saved = torch.load(path, weights_only=True)  # read back what the file holds
     averaged = saved["conv1.weight"].mean(dim=1)  # (C_out, 7, 7)

@@ -67,6 +67,41 @@ class LowRankLinear(nn.Module):
         return self.expand(self.reduce(v))
 
 
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """P: the average over T x H x W, ``(N, C, T, H, W) -> (N, C)``.
+
+    Written as ``sum / M`` rather than ``mean``: the backward of ``sum`` is an expand (a view),
+    while ``mean``'s divides the expanded gradient and so writes one more full-size tensor in
+    every block of the training step.
+    """
+    return x.sum((2, 3, 4)) / x[0, 0].numel()
+
+
+class _ResidualReLUPool(torch.autograd.Function):
+    """``y = ReLU(out + US(r))`` (Eq. 2) and ``P(y)`` (Eq. 3) as one autograd node.
+
+    ``out`` (the local unit's fresh output) is overwritten, so forward allocates nothing
+    beyond the pooled vector. Backward forms ``(dL/dy + US(dL/dP) / M) * [y > 0]`` in one
+    buffer (the ReLU mask is applied in place) and ``dL/dr`` as its sum over positions. This
+    is where the diffusion's cost in a training step goes (benchmarks/RESULTS.md), and the
+    fusion halves the passes over the full-size map. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, residual: torch.Tensor):  # type: ignore[override]
+        y = out.add_(residual[:, :, None, None, None]).relu_()
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(y)
+        return y, y.mean((2, 3, 4))
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, grad_pooled: torch.Tensor):  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        grad = grad_y + (grad_pooled / y[0, 0].numel()).to(grad_y.dtype)[:, :, None, None, None]
+        torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
+        return grad, grad.sum((2, 3, 4))
+
+
 class LGDBlock(nn.Module):
     """One LGD block B({x_{l-1}, g_{l-1}}) -> {x_l, g_l} around a local unit F (Eq. 1).
 
@@ -147,11 +182,16 @@ class LGDBlock(nn.Module):
         if self.diffusion == "v2":
             gate = torch.sigmoid(self.global_to_local(g))
             out = F.relu(out * gate[:, :, None, None, None], inplace=True)  # Eq. (9)
+            pooled = global_average(out)  # P(x_l)
+        elif out._base is None:
+            # Eq. (2) with P(x_l) of Eq. (3) fused into one node (see _ResidualReLUPool)
+            out, pooled = _ResidualReLUPool.apply(out, self.global_to_local(g))
         else:
-            # Eq. (2): US broadcasts the residual; adding in place avoids a full-size copy.
-            out += self.global_to_local(g)[:, :, None, None, None]
+            # the same on a view (LGD-2D's units return a (N, C, T, H, W) view of frame-major
+            # maps, which a two-output Function may not modify in place)
+            out += self.global_to_local(g)[:, :, None, None, None]  # Eq. (2): US broadcasts
             out = F.relu(out, inplace=True)
-        pooled = out.mean((2, 3, 4))  # P(x_l)
+            pooled = global_average(out)  # P(x_l)
         if self.diffusion == "v1":
             return out, pooled  # Eq. (8)
         g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))  # Eq. (3)

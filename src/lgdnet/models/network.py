@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lgdnet.models.heads import CombinationClassifier, GlobalLocalHead
-from lgdnet.models.lgd_block import LGDBlock, LGDStage
+from lgdnet.models.lgd_block import LGDBlock, LGDStage, global_average
 from lgdnet.models.units import EXPANSION, FrameBottleneck, P3DBottleneck, to_clip, to_frames
 
 
@@ -95,7 +95,7 @@ class LGDNet(nn.Module):
             ``(N, C, T, H, W) -> (N, C_L, T', H', W'), (N, C_L)``.
         """
         x = self.stem(x)
-        g = None if self.diffusion == "none" else x.mean((2, 3, 4))  # g_1 = P(x_1), Sec. 4.1
+        g = None if self.diffusion == "none" else global_average(x)  # g_1 = P(x_1), Sec. 4.1
         x, g = self.layer1(x, g)
         x = self.between_res2_res3(x)
         x, g = self.layer2(x, g)
