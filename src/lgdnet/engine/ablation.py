@@ -269,7 +269,7 @@ def run_ablation(
         multi-clip metrics and per-epoch losses), ``table2``/``table3`` (mean and standard
         deviation over seeds), ``seconds`` and the report ``paths``.
     """
-    from lgdnet.engine.demo import _write_data
+    from lgdnet.engine.demo import write_demo_data
 
     settings = settings or ABLATION_MODES[mode]
     started = time.perf_counter()
@@ -278,7 +278,7 @@ def run_ablation(
     seeds = range(settings.seeds)
     echo(f"lgdnet ablate: {len(settings.networks)} networks x {len(settings.variants)} variants "
          f"x {settings.seeds} seeds, {settings.epochs} epochs each; into {out}")
-    data = _write_data(settings, out / "data", settings.data_seed, progress)  # type: ignore[arg-type]
+    data = write_demo_data(settings, out / "data", settings.data_seed, progress)  # type: ignore[arg-type]
     echo(f"  data: {data.num_train} training and {data.num_val} held-out clips, "
          f"{len(data.classes)} classes ({', '.join(data.classes)})")
 

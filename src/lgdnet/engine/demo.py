@@ -96,7 +96,7 @@ def demo_config(settings: DemoSettings, dataset: Any, run_dir: Path, seed: int) 
     })
 
 
-def _write_data(settings: Any, data_dir: Path, seed: int, progress: bool) -> Any:
+def write_demo_data(settings: Any, data_dir: Path, seed: int, progress: bool) -> Any:
     """Write the embedded dataset, or reuse the one a previous demo wrote with these settings.
 
     ``settings`` needs ``classes``, ``clips_per_class``, ``video_frames``, ``video_size``,
@@ -171,7 +171,7 @@ def run_demo(
     echo(f"lgdnet demo ({mode}): a small LGD-3D learns {len(settings.classes)} motion classes "
          f"from scratch on the CPU")
     echo(f"[1/4] writing the embedded dataset to {data_dir}")
-    dataset = _write_data(settings, data_dir, seed, progress)
+    dataset = write_demo_data(settings, data_dir, seed, progress)
     echo(f"      {dataset.num_train} training and {dataset.num_val} held-out clips of "
          f"{settings.video_frames} frames at {settings.video_size[0]}x{settings.video_size[1]}; "
          f"classes: {', '.join(dataset.classes)}")
