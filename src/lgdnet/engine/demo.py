@@ -62,9 +62,9 @@ class DemoSettings:
 
 DEMO_MODES: dict[str, DemoSettings] = {
     # at most 10 minutes on 2 CPU cores
-    "full": DemoSettings(),
+    "full": DemoSettings(clips_per_class=60, stage1_epochs=60, lr_step=45, stage2_epochs=4),
     # `lgdnet demo --quick`: about 2 minutes
-    "quick": DemoSettings(stage1_epochs=12, stage2_epochs=1, lr_step=9, test_views=3),
+    "quick": DemoSettings(stage1_epochs=30, stage2_epochs=2, lr_step=23, test_views=3),
     # for the test suite: proves the pipeline runs, not that it learns
     "tiny": DemoSettings(classes=DEMO_CLASSES[:3], clips_per_class=4, video_frames=8,
                          video_size=(32, 32), clip_frames=4, frame_stride=1, crop_size=32,
