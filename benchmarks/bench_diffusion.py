@@ -171,19 +171,19 @@ def to_markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "What the extra ops are (forward and backward of Eq. 2-3 in every block): "
-        "`aten::add_` in forward is the broadcast add of the global residual US(W^{x,g} g) "
-        "(in place, one read-write pass over x_l); `aten::mean` is the pool P(x_l) (one read "
-        "pass); in backward, `MeanBackward1` + `aten::div` divide the *expanded* gradient of "
-        "P, which writes a full-size tensor, `aten::add` accumulates it into dL/dx_l (another "
-        "full-size result), and `aten::sum` reduces dL/dx_l over positions for W^{x,g}; "
+        "What the extra ops are (forward and backward of Eq. 2-3 in every block): the library's "
+        "LGD block runs the broadcast add of the global residual US(W^{x,g} g), the ReLU and "
+        "the pool P(x_l) as one autograd node (`_ResidualReLUPool`): its forward adds in "
+        "place and pools (one read-write and one read pass over x_l); its backward adds the "
+        "spread gradient of P to dL/dx_l in one new buffer (`aten::add`), applies the ReLU "
+        "mask in place and reduces over positions for W^{x,g} (`aten::sum`); "
         "`aten::mm`/`aten::t`/`MmBackward0` are the low-rank projections (negligible); "
         "`aten::mul_`/`aten::add_`/`aten::copy_` also grow with the SGD update of the 96 extra "
-        "weight tensors. `lgd_sumpool` (pool as `sum / M`) removes the full-size division; "
-        "`lgd_fused` also lets the ReLU backward write in place (no extra allocation), leaving "
-        "four full-size operations that eager PyTorch cannot avoid (broadcast add, pool, "
-        "gradient accumulation, reduction: 6 map passes in the counted traffic below), which "
-        "only a fused kernel would fold into the passes the plain block makes anyway.",
+        "weight tensors. The block-level arms below compare it (`lgd`) with earlier eager "
+        "forms: `lgd_sumpool` (add, ReLU, then pool as `sum / M`) and the `lgd_fused` "
+        "prototype the library adopted. The remaining full-size work (broadcast add, pool, "
+        "gradient accumulation, reduction: 6 map passes in the counted traffic below) could "
+        "only be folded into the plain block's own passes by a fused kernel.",
     ]
     lines += ["", bench_lgd_block.to_markdown(result["block"])]
     return "\n".join(lines)
