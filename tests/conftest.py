@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 CLIPS_DIR = Path(__file__).parent / "data" / "clips"
 
@@ -100,3 +101,13 @@ def make_index_video(tmp_path: Path) -> Callable[..., Path]:
         return write_index_video(tmp_path / name, num_frames, **options)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models gain nothing from a second thread on a small
+    shared machine, and losses are bitwise reproducible for a fixed thread count only."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lgdnet.cli import main
 from lgdnet.engine.metrics import classification_metrics, fuse_scores, load_scores
@@ -16,14 +15,7 @@ from lgdnet.engine.metrics import classification_metrics, fuse_scores, load_scor
 CLASSES = ["approach", "separate", "move_together"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and on a busy machine threads
-    waiting for each other slow every step down many times."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

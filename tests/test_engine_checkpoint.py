@@ -20,14 +20,7 @@ CLASSES = ["a", "b", "c"]
 CONFIG = config_to_dict(apply_overrides(Config(), ["model.name=lgd3d_tiny", "optim.lr=0.5"]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the test machines are small and shared: one thread is the fastest for tiny models;
-    # and results are bitwise reproducible for a fixed thread count only
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(stage: int = 1) -> torch.nn.Module:

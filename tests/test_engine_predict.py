@@ -23,14 +23,7 @@ HMDB = CLIPS / "RATRACE_wave_f_nm_np1_fr_goo_37.avi"
 CLASSES = ["juggle", "wave", "run", "jump", "sit", "stand", "clap"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and on a busy machine threads
-    waiting for each other slow every step down many times."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

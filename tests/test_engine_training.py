@@ -18,15 +18,7 @@ from lgdnet.engine.records import read_jsonl
 from lgdnet.errors import CheckpointError, ConfigError
 from lgdnet.models import create_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the test machines are small and shared: one thread is the fastest for tiny models;
-    # and results are bitwise reproducible for a fixed thread count only
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from lgdnet.models.heads import stage_loss
 FLOW_STACK = 2  # consecutive flow frames per 2D segment in these tests (the default is 5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flow_channels(kind: str, flow_stack: int) -> int:
