@@ -69,6 +69,26 @@ def test_three_crop_testing(clips_dir):
     assert torch.equal(video[2], whole[0, ..., 160:])
 
 
+@pytest.mark.parametrize("views_per_item", [1, 4, 6, 100])
+def test_views_split_over_items_equal_all_views(clips_dir, views_per_item):
+    """Chunks of at most K views (decoding only their clips) put together are the item that
+    holds every view; indices, labels and view ranges say where each chunk belongs."""
+    records = _records(clips_dir, ["v_SoccerJuggling_g23_c01.avi", "RATRACE_wave_f_nm_np1_fr_goo_37.avi"])
+    spec = SamplingSpec.for_3d(test_crops=3, num_test_views=3, num_frames=4)  # 9 views
+    whole = VideoDataset(records, spec, mode="test")
+    split = VideoDataset(records, spec, mode="test", views_per_item=views_per_item)
+    chunks = -(-9 // views_per_item)
+    assert len(whole) == 2 and len(split) == 2 * chunks
+    for video in range(2):
+        items = [split[video * chunks + k] for k in range(chunks)]
+        assert [item["chunk"] for item in items] == list(range(chunks))
+        assert all(item["index"] == video and item["label"] == video for item in items)
+        assert [item["views"] for item in items] == [
+            (k * views_per_item, min(9, (k + 1) * views_per_item)) for k in range(chunks)]
+        assert max(item["video"].shape[0] for item in items) == min(views_per_item, 9)
+        assert torch.equal(torch.cat([item["video"] for item in items]), whole[video]["video"])
+
+
 def test_short_clip_loops(clips_dir):
     # 16 frames at stride 5 span 76 frames, more than the 72-frame HMDB51 clip holds.
     name = "RATRACE_wave_f_nm_np1_fr_goo_37.avi"

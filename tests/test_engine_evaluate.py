@@ -87,6 +87,38 @@ def test_chunked_equals_unchunked_with_bounded_chunks(views_per_chunk):
     assert chunked.metrics == whole.metrics
 
 
+class ChunkedViewDataset(ViewDataset):
+    """The same videos split into items of at most ``per_item`` views, as
+    ``VideoDataset(..., views_per_item=K)`` yields them (chunk k of video i at i * C + k)."""
+
+    def __init__(self, per_item: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.per_item = per_item
+        self.chunks = -(-self.videos.shape[1] // per_item)
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.chunks
+
+    def __getitem__(self, index: int) -> dict:
+        video, chunk = divmod(index, self.chunks)
+        views = (chunk * self.per_item, min((chunk + 1) * self.per_item, self.videos.shape[1]))
+        item = super().__getitem__(video)
+        return {**item, "video": item["video"][views[0]:views[1]], "chunk": chunk, "views": views}
+
+
+@pytest.mark.parametrize("per_item", [1, 2, 5])
+def test_views_split_over_items_give_the_same_scores(per_item):
+    """Probabilities are summed over a video's items and divided by its view count, so a
+    last, smaller chunk weighs each of its views like the others."""
+    model = make_model()
+    whole = evaluate(model, ViewDataset(num_videos=4, num_views=5), progress=False)
+    split = evaluate(model, ChunkedViewDataset(per_item, num_videos=4, num_views=5),
+                     progress=False)
+    np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-5, atol=1e-6)
+    assert split.video_ids == whole.video_ids and split.indices == whole.indices
+    assert split.metrics == whole.metrics
+
+
 def test_view_features_chunked_match_whole():
     model = make_model().eval()
     views = torch.randn(5, 3, 4, 8, 8)

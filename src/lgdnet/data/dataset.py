@@ -6,7 +6,10 @@ One class serves both modes (Sec. 5.2):
   random crop and flip. Item ``{"video": (C, T, H, W), "label", "index"}``.
 - ``mode="test"``: every view of one video (15 clips / 10 triples, times 1 or 3 crops), so
   that scores can be averaged per video. Item ``{"video": (V, C, T, H, W), "label",
-  "index", "video_id"}``; batch these with :func:`collate_views`.
+  "index", "video_id", "chunk", "views"}``; batch these with :func:`collate_views`. With
+  ``views_per_item=K`` each video is split into items of at most K views (``"chunk"`` k
+  holds views ``"views" = (start, stop)``; ``"index"`` stays the video's), so that the
+  memory of one item does not grow with the number of views.
 
 Bad input never kills a run and is never silent: with ``on_error="skip"`` a sample that
 cannot be read is logged, recorded in :attr:`VideoDataset.bad_files` (and appended to
@@ -77,6 +80,9 @@ class VideoDataset(Dataset):
         decode_threads: decoder threads per video; 0 lets FFmpeg choose; ``None`` (default)
             means 1 inside a data-loader worker (the workers already fill the cores) and 0
             in the main process.
+        views_per_item: test mode: the most views in one item; 0 (default) puts all the
+            views of a video in one item. Dataset index ``i`` is then chunk ``i % C`` of video
+            ``i // C``, C = ceil(views / views_per_item); each chunk decodes only its frames.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class VideoDataset(Dataset):
         bad_files_log: str | os.PathLike | None = None,
         frame_template: str = DEFAULT_FRAME_TEMPLATE,
         decode_threads: int | None = None,
+        views_per_item: int = 0,
     ) -> None:
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
@@ -107,13 +114,18 @@ class VideoDataset(Dataset):
         self.bad_files_log = os.fspath(bad_files_log) if bad_files_log is not None else None
         self.frame_template = frame_template
         self.decode_threads = decode_threads
+        if views_per_item < 0:
+            raise ValueError(f"views_per_item must be 0 (all) or positive, got {views_per_item}")
+        self.num_views = spec.num_test_views * spec.test_crops  # per video, in test mode
+        self.views_per_item = views_per_item if mode == "test" and views_per_item else self.num_views
+        self.chunks_per_video = -(-self.num_views // self.views_per_item) if mode == "test" else 1
         # (path, reason) of every sample found bad in this process. DataLoader workers hold
         # copies of the dataset: use bad_files_log to collect them across workers.
         self.bad_files: list[tuple[str, str]] = []
         self._bad_index: dict[int, VideoReadError] = {}
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.chunks_per_video
 
     def set_epoch(self, epoch: int) -> None:
         """Draw different (yet reproducible) clips and augmentations in each epoch."""
@@ -122,17 +134,18 @@ class VideoDataset(Dataset):
     # -- items ----------------------------------------------------------------------------
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self.records):
-            raise IndexError(f"index {index} out of range for {len(self.records)} samples")
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index, chunk = divmod(index, self.chunks_per_video)
         if self.on_error == "raise":
-            return self._load(index)
+            return self._load(index, chunk)
         first_error: VideoReadError | None = None
         for offset in range(len(self.records)):
             candidate = (index + offset) % len(self.records)
             error = self._bad_index.get(candidate)
             if error is None:
                 try:
-                    return self._load(candidate)
+                    return self._load(candidate, chunk)
                 except VideoReadError as new_error:
                     error = new_error
                     self._record_bad(candidate, error)
@@ -162,15 +175,16 @@ class VideoDataset(Dataset):
             threads = 1 if get_worker_info() is not None else 0
         return open_video(path, frame_template=self.frame_template, num_threads=threads)
 
-    def _load(self, index: int) -> dict[str, Any]:
+    def _load(self, index: int, chunk: int = 0) -> dict[str, Any]:
         record = self.records[index]
         path = os.fspath(record.path)
+        views = (chunk * self.views_per_item, min((chunk + 1) * self.views_per_item, self.num_views))
         try:
             with self._open(path) as source:
                 if self.mode == "train":
                     video = self._train_view(source, sample_rng(self.seed, self.epoch, index))
                 else:
-                    video = self._test_views(source)
+                    video = self._test_views(source, *views)
         except VideoReadError:
             raise
         except _SAMPLE_ERRORS as error:
@@ -179,7 +193,7 @@ class VideoDataset(Dataset):
         label = -1 if record.label is None else int(record.label)
         item: dict[str, Any] = {"video": video, "label": label, "index": index}
         if self.mode == "test":
-            item["video_id"] = str(record.video_id)
+            item.update(video_id=str(record.video_id), chunk=chunk, views=views)
         return item
 
     # -- frame reading --------------------------------------------------------------------
@@ -228,16 +242,21 @@ class VideoDataset(Dataset):
             frames = T.flip_horizontal(frames, flow=self.modality == "flow")
         return self._finish(frames)
 
-    def _test_views(self, source: VideoSource) -> torch.Tensor:
+    def _test_views(self, source: VideoSource, start: int, stop: int) -> torch.Tensor:
+        """Views ``start <= v < stop`` of the ``num_test_views x test_crops`` (clip-major),
+        decoding only the frames of the clips they come from."""
         spec = self.spec
-        indices = self._indices(source, None)  # (V, T) or (V, T, L)
+        first, last = start // spec.test_crops, (stop - 1) // spec.test_crops + 1
+        indices = self._indices(source, None)[first:last]  # (V', T) or (V', T, L)
         size = T.short_side_size(source.height, source.width, spec.test_short_side)
         frames = self._read(source, indices, size)
-        per_view = frames.reshape(spec.num_test_views, -1, *frames.shape[1:])
+        per_view = frames.reshape(last - first, -1, *frames.shape[1:])
         views = []
-        for view in per_view:
+        for offset, view in enumerate(per_view):
             crops = [view] if spec.test_crops == 1 else T.three_crops(view)
-            views.extend(self._finish(crop) for crop in crops)
+            for crop_index, crop in enumerate(crops):
+                if start <= (first + offset) * spec.test_crops + crop_index < stop:
+                    views.append(self._finish(crop))
         return torch.stack(views)
 
 
@@ -249,11 +268,13 @@ def collate_views(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``{"video": list of (V, C, T, H, W), "label": (B,) int64, "index": (B,) int64,
-        "video_id": list of str}``.
+        "video_id": list of str, "chunk": (B,) int64, "views": list of (start, stop)}``.
     """
     return {
         "video": [item["video"] for item in batch],
         "label": torch.tensor([item["label"] for item in batch], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
         "video_id": [item["video_id"] for item in batch],
+        "chunk": torch.tensor([item.get("chunk", 0) for item in batch], dtype=torch.long),
+        "views": [tuple(item.get("views", (0, item["video"].shape[0]))) for item in batch],
     }

@@ -135,4 +135,5 @@ def build_val_dataset(
         spec = single_view_spec(spec)
     annotations = load_split(config.data, "val", classes=classes)
     return VideoDataset(annotations.records, spec, mode="test", on_error=config.data.on_error,
-                        modality=config.data.modality, seed=config.run.seed)
+                        modality=config.data.modality, seed=config.run.seed,
+                        views_per_item=config.data.test_views_per_item)

@@ -153,8 +153,10 @@ def evaluate(
     Args:
         model: an LGD network (not DDP-wrapped); put in eval mode for the call and restored.
         dataset: yields ``{"video": (V, C, T, H, W), "label", "index", "video_id"}`` items
-            (``VideoDataset(..., mode="test")``); items that are ``None`` (skipped broken
-            videos) are left out.
+            (``VideoDataset(..., mode="test")``), all views of a video in one item or, with
+            ``"chunk"`` and ``"views"`` keys (``VideoDataset(..., views_per_item=K)``), split
+            over several items whose probabilities are summed per video; items that are
+            ``None`` (skipped broken videos) are left out.
         views_per_chunk: the most views in one forward pass.
         device: where to run; defaults to the model's device (the model is moved there).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
@@ -176,14 +178,16 @@ def evaluate(
     indices = list(distributed.shard_indices(len(dataset)))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices),
-        batch_size=None,  # one video (all its views) per step
+        batch_size=None,  # one item (all or a chunk of a video's views) per step
         num_workers=num_workers,
     )
-    rows: list[tuple[int, int, str, np.ndarray]] = []
+    # (video index, chunk, label, video id, summed probabilities, number of views)
+    parts: list[tuple[int, int, int, str, np.ndarray, int]] = []
+    chunks = int(getattr(dataset, "chunks_per_video", 1))
     bar = tqdm(
         total=len(indices),
         desc=description,
-        unit="video",
+        unit="video" if chunks == 1 else "chunk",
         disable=not (progress and distributed.is_main_process()),
         dynamic_ncols=True,
     )
@@ -193,29 +197,36 @@ def evaluate(
                 views = item["video"].to(device, non_blocking=True)
                 scores = score_views(model, views, views_per_chunk=views_per_chunk,
                                      precision=precision)
-                rows.append((int(item["index"]), int(item["label"]), str(item["video_id"]),
-                             scores.cpu().numpy()))
+                count = views.shape[0]
+                parts.append((int(item["index"]), int(item.get("chunk", 0)), int(item["label"]),
+                              str(item["video_id"]), (scores * count).cpu().numpy(), count))
             bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
 
     if distributed.get_world_size() > 1:
-        rows = [row for rank_rows in distributed.all_gather_object(rows) for row in rank_rows]
-    by_index = {row[0]: row for row in rows}  # a video scored twice counts once
-    ordered = [by_index[i] for i in sorted(by_index)]
+        parts = [part for rank_parts in distributed.all_gather_object(parts) for part in rank_parts]
+    # A chunk scored twice (a broken video's chunk replaced by the next video's) counts once.
+    unique = {(part[0], part[1]): part for part in parts}
+    videos: dict[int, list[Any]] = {}
+    for index, _, label, video_id, summed, count in (unique[key] for key in sorted(unique)):
+        video = videos.setdefault(index, [label, video_id, 0.0, 0])
+        video[2] = video[2] + summed
+        video[3] += count
+    ordered = sorted(videos)
     num_classes = int(getattr(model, "num_classes", 0)) or (
-        ordered[0][3].shape[0] if ordered else 0
+        videos[ordered[0]][2].shape[0] if ordered else 0
     )
-    scores = (np.stack([row[3] for row in ordered]) if ordered
-              else np.zeros((0, num_classes), dtype=np.float32))
-    labels = np.array([row[1] for row in ordered], dtype=np.int64)
+    scores = (np.stack([videos[i][2] / videos[i][3] for i in ordered]).astype(np.float32)
+              if ordered else np.zeros((0, num_classes), dtype=np.float32))
+    labels = np.array([videos[i][0] for i in ordered], dtype=np.int64)
     return EvalResult(
         metrics=classification_metrics(scores, labels),
         scores=scores,
         labels=labels,
-        video_ids=[row[2] for row in ordered],
-        indices=[row[0] for row in ordered],
+        video_ids=[videos[i][1] for i in ordered],
+        indices=ordered,
     )
 
 
