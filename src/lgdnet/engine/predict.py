@@ -188,6 +188,7 @@ def load_predictor(
     crops: int | None = None,
     precision: str = "fp32",
     views_per_chunk: int = 8,
+    fold_bn: bool = True,
 ) -> Predictor:
     """Load a checkpoint (``NAME.safetensors``) as a ready :class:`Predictor`.
 
@@ -199,14 +200,19 @@ def load_predictor(
         crops: 1 (whole frame, the paper's fully convolutional test) or 3.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         views_per_chunk: the most views in one forward pass.
+        fold_bn: fold every BatchNorm into the convolution before it
+            (:func:`lgdnet.models.fusion.fold_batchnorm`): the same scores, faster.
 
     Raises:
         CheckpointError: the file is missing, corrupt or not an lgdnet checkpoint (names it).
     """
     from lgdnet.engine.checkpoint import load_model
+    from lgdnet.models.fusion import fold_batchnorm
 
     resolved = resolve_device(device)
     model, config, classes = load_model(checkpoint, resolved)
+    if fold_bn:
+        model = fold_batchnorm(model, inplace=True)
     spec = inference_sampling(config, model.kind, views=views, crops=crops)
     modality = ((config or {}).get("data") or {}).get("modality", "rgb")
     if not classes:

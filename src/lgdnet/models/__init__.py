@@ -7,11 +7,13 @@
   classifier (Eq. 4-5, 7), :func:`stage_loss`.
 * :mod:`~lgdnet.models.init`: scratch and ImageNet initialisation (Sec. 5.2).
 * :mod:`~lgdnet.models.factory`: the registry, :func:`create_model`, :func:`list_models`.
+* :mod:`~lgdnet.models.fusion`: BatchNorm folded into convolutions for inference.
 """
 
 from torch import nn
 
 from lgdnet.models.factory import ModelSpec, create_model, get_spec, list_models, register_model
+from lgdnet.models.fusion import fold_batchnorm
 from lgdnet.models.heads import (
     CombinationClassifier,
     GlobalLocalHead,
@@ -36,6 +38,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
+    "fold_batchnorm",
     "DIFFUSIONS",
     "LGD2D",
     "LGD3D",
