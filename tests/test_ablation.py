@@ -120,6 +120,17 @@ def test_variants_share_data_schedule_and_seed(tmp_path: Path) -> None:
     assert com["optim"]["stage2_epochs"] == continued["optim"]["epochs"] == settings.stage2_epochs
 
 
+def test_zero_global_residual_reaches_the_diffusion_models_only(tmp_path: Path) -> None:
+    data = _FakeData(tmp_path, tmp_path / "train.txt", tmp_path / "val.txt", tmp_path / "classes.txt")
+    settings = AblationSettings(global_residual_init="zero")
+    options = {v: config_to_dict(run_config(settings, RunSpec("3d", v, 0), data, tmp_path))
+               ["model"]["options"] for v in ("none", "v1", "v2", "lgd")}
+    assert "global_residual_init" not in options["none"]  # same runs as the default grid's
+    assert all(options[v]["global_residual_init"] == "zero" for v in ("v1", "v2", "lgd"))
+    default = config_to_dict(run_config(AblationSettings(), RunSpec("3d", "lgd", 0), data, tmp_path))
+    assert "global_residual_init" not in default["model"]["options"]
+
+
 def _record(network: str, variant: str, seed: int, top1: float, kind: str = "stage1") -> dict:
     return {"kind": kind, "network": network, "variant": variant, "seed": seed,
             "name": RunSpec(network, variant, seed, kind).name, "metrics": {"top1": top1},

@@ -155,3 +155,27 @@ def test_scratch_init_is_xavier_with_zero_biases():
                 assert module.bias.abs().sum() == 0, name
         elif isinstance(module, nn.BatchNorm3d):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+@pytest.mark.parametrize("name, baseline, frames", [("lgd3d_tiny", "p3d_tiny", 8),
+                                                    ("lgd2d_tiny", "tsn_tiny", 3)])
+def test_zero_global_residual_starts_as_the_baseline(name, baseline, frames):
+    """With ``global_residual_init="zero"`` every W^{x,g} is 0, so the local path of a fresh
+    LGD network computes exactly what the no-diffusion network with the same weights does."""
+    torch.manual_seed(0)
+    model = create_model(name, 4, base_width=4, global_residual_init="zero")
+    blocks = [m for m in model.modules() if isinstance(m, LGDBlock)]
+    assert blocks and all(torch.all(b.global_to_local.expand.weight == 0) for b in blocks)
+    assert all(b.global_to_local.reduce.weight.abs().sum() > 0 for b in blocks)  # W2 stays Xavier
+    plain = create_model(baseline, 4, base_width=4)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all("global" in k or "local_to" in k for k in unexpected)
+    clips = torch.randn(2, 3, frames, 32, 32)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(clips)[0], plain.forward_features(clips)[0])
+    default = create_model(name, 4, base_width=4)
+    assert all(b.global_to_local.expand.weight.abs().sum() > 0
+               for b in default.modules() if isinstance(b, LGDBlock))
+    with pytest.raises(ValueError, match="global_residual_init"):
+        create_model(name, 4, global_residual_init="ones")

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated subset of 2d,3d")
     parser.add_argument("--variants", type=_names, default=None, metavar="LIST",
                         help="comma-separated subset of none,v1,v2,lgd")
+    parser.add_argument("--global-residual-init", choices=("xavier", "zero"), default=None,
+                        help="initial W^{x,g} of the diffusion blocks: Xavier like every weight "
+                             "(default, Sec. 5.2) or zero (the blocks start as the baseline's)")
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained side by side in separate processes, one thread each "
                              "(default 2)")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ABLATION_MODES["quick" if args.quick else "full"]
     changes = {name: getattr(args, name) for name in
-               ("seeds", "epochs", "lr", "lr_step", "stage2_epochs", "clips_per_class", "networks", "variants")
+               ("seeds", "epochs", "lr", "lr_step", "stage2_epochs", "clips_per_class", "networks",
+                "variants", "global_residual_init")
                if getattr(args, name) is not None}
     try:
         settings = dataclasses.replace(settings, **changes)

@@ -80,6 +80,7 @@ class AblationSettings:
     seeds: int = 3
     networks: tuple[str, ...] = NETWORKS
     variants: tuple[str, ...] = VARIANTS
+    global_residual_init: str = "xavier"  # or "zero": W^{x,g} starts at 0 (create_model)
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.epochs < 1 or self.stage2_epochs < 0:
@@ -130,6 +131,8 @@ def run_config(settings: AblationSettings, spec: RunSpec, data: Any, runs_dir: P
     model: dict[str, Any] = {
         "name": MODEL_NAMES[(spec.network, spec.variant != "none")], "diffusion": spec.variant,
         "sketch_dim": settings.sketch_dim, "options": {"base_width": settings.base_width}}
+    if spec.variant != "none" and settings.global_residual_init != "xavier":
+        model["options"]["global_residual_init"] = settings.global_residual_init
     optim: dict[str, Any] = {"lr": settings.lr, "lr_step": settings.lr_step_epochs,
                              "epochs": settings.epochs, "batch_size": settings.batch_size}
     stages = [1]

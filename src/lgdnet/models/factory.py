@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lgdnet.models.init import init_scratch, load_imagenet_2d
+from lgdnet.models.init import init_scratch, load_imagenet_2d, zero_global_to_local
 from lgdnet.models.lgd_block import DIFFUSIONS
 from lgdnet.models.network import LGD2D, LGD3D, LGDNet
 
@@ -42,7 +42,8 @@ _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
 
 R50, R101, TINY = (3, 4, 6, 3), (3, 4, 23, 3), (1, 1, 1, 1)
 _COMMON_OPTIONS = ("diffusion", "rank_ratio", "in_channels", "init", "pretrained", "dropout",
-                   "layers", "base_width")  # fmt: skip
+                   "layers", "base_width", "global_residual_init")  # fmt: skip
+GLOBAL_RESIDUAL_INITS = ("xavier", "zero")
 _OPTIONS = {"3d": _COMMON_OPTIONS, "2d": (*_COMMON_OPTIONS, "num_segments")}
 
 
@@ -74,7 +75,11 @@ def create_model(name: str, num_classes: int, **options: Any) -> LGDNet:
             ``in_channels`` (3; flow: 2 per frame for 3D, 2 x stack for 2D), ``init``
             (``"scratch" | "imagenet"``), ``pretrained`` (2D ResNet state-dict file, required
             by ``init="imagenet"``), ``dropout`` (0.0, before the classifiers), ``layers`` and
-            ``base_width`` (resize the network), and for 2D models ``num_segments`` (T, 3).
+            ``base_width`` (resize the network), ``global_residual_init`` (``"xavier"``, the
+            paper's scratch initialisation of every weight, Sec. 5.2; or ``"zero"``: W^{x,g}
+            starts at zero, as the paper does for ImageNet initialisation, so that a network
+            trained from scratch starts as its no-diffusion counterpart plus a global path
+            that only reads), and for 2D models ``num_segments`` (T, 3).
 
     Raises:
         TypeError: an option this model does not take (named in the message).
@@ -93,6 +98,10 @@ def create_model(name: str, num_classes: int, **options: Any) -> LGDNet:
         )
     init = options.pop("init", "scratch")
     pretrained = options.pop("pretrained", None)
+    residual_init = options.pop("global_residual_init", "xavier")
+    if residual_init not in GLOBAL_RESIDUAL_INITS:
+        raise ValueError(f"{name}: global_residual_init must be one of {GLOBAL_RESIDUAL_INITS}, "
+                         f"got {residual_init!r}")
     arch: dict[str, Any] = dict(
         diffusion=spec.diffusion,
         rank_ratio=16,
@@ -124,6 +133,8 @@ def create_model(name: str, num_classes: int, **options: Any) -> LGDNet:
         size = (arch["num_segments"], *spec.input_size)
         model = LGD2D(default_input_size=size, **common)
     init_scratch(model)
+    if residual_init == "zero":
+        zero_global_to_local(model)
     if init == "imagenet":
         model.init_report = load_imagenet_2d(model, pretrained)
     model.build_args = {"name": name, "num_classes": num_classes, **arch}
