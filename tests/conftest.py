@@ -111,3 +111,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def two_class_dataset(tmp_path_factory):
+    """The embedded dataset, two classes, 4 training clips and 1 validation clip each."""
+    from lgdnet.data import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic_dataset(out, clips_per_class=5, classes=["approach", "separate"],
+                                   num_frames=12, size=(48, 64), workers=1, progress=False)
+
+
+def tiny_training_config(dataset, out_dir, *extra: str):
+    """A seconds-long configuration: tiny LGD-3D, 8x32x32 clips, 2 epochs per stage."""
+    from lgdnet.engine.config import Config, apply_overrides
+
+    return apply_overrides(Config(), [
+        "model.name=lgd3d_tiny", "model.options.base_width=4", "model.sketch_dim=32",
+        "model.dropout=0.2",
+        f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}",
+        "data.num_frames=8", "data.train_resize=40,48", "data.crop_size=32",
+        "data.test_short_side=32", "data.num_test_views=2", "data.num_workers=0",
+        "optim.epochs=2", "optim.batch_size=4", "optim.micro_batch_size=2",
+        "run.final_eval=false", "run.progress=false", f"run.out_dir={out_dir}", *extra,
+    ])

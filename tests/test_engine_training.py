@@ -9,39 +9,17 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny_training_config as tiny
 
 from lgdnet.cli import main as lgdnet_main
 from lgdnet.engine import training
 from lgdnet.engine.checkpoint import load_model, load_training_state, read_metadata
-from lgdnet.engine.config import Config, apply_overrides, load_config
+from lgdnet.engine.config import load_config
 from lgdnet.engine.records import read_jsonl
 from lgdnet.errors import CheckpointError, ConfigError
 from lgdnet.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """The embedded dataset, two classes, 4 training clips and 1 validation clip each."""
-    from lgdnet.data import write_synthetic_dataset
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return write_synthetic_dataset(out, clips_per_class=5, classes=["approach", "separate"],
-                                   num_frames=12, size=(48, 64), workers=1, progress=False)
-
-
-def tiny(dataset, out_dir, *extra: str) -> Config:
-    """A seconds-long configuration: tiny LGD-3D, 8x32x32 clips, 2 epochs per stage."""
-    return apply_overrides(Config(), [
-        "model.name=lgd3d_tiny", "model.options.base_width=4", "model.sketch_dim=32",
-        "model.dropout=0.2",
-        f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}",
-        "data.num_frames=8", "data.train_resize=40,48", "data.crop_size=32",
-        "data.test_short_side=32", "data.num_test_views=2", "data.num_workers=0",
-        "optim.epochs=2", "optim.batch_size=4", "optim.micro_batch_size=2",
-        "run.final_eval=false", "run.progress=false", f"run.out_dir={out_dir}", *extra,
-    ])
 
 
 def test_batch_plan():
@@ -128,8 +106,8 @@ def test_non_finite_loss_stops_training():
                                  device=torch.device("cpu"))
 
 
-def test_train_both_stages_end_to_end(dataset, tmp_path):
-    config = tiny(dataset, tmp_path / "run", "run.final_eval=true", "optim.stage2_epochs=1")
+def test_train_both_stages_end_to_end(two_class_dataset, tmp_path):
+    config = tiny(two_class_dataset, tmp_path / "run", "run.final_eval=true", "optim.stage2_epochs=1")
     summary = training.train(config)
     run = tmp_path / "run"
     records = read_jsonl(run / "metrics.jsonl")
@@ -156,8 +134,8 @@ def test_train_both_stages_end_to_end(dataset, tmp_path):
     assert state["progress"]["epoch"] == 2 and len(state["progress"]["history"]) == 2
 
 
-def test_stage2_starts_from_the_stage1_best_weights(dataset, tmp_path, monkeypatch):
-    training.train(tiny(dataset, tmp_path / "run", "run.stages=[1]"))
+def test_stage2_starts_from_the_stage1_best_weights(two_class_dataset, tmp_path, monkeypatch):
+    training.train(tiny(two_class_dataset, tmp_path / "run", "run.stages=[1]"))
     stage1, _, _ = load_model(tmp_path / "run" / "stage1_best")
     seen = {}
     real_fit = training.fit_stage
@@ -168,14 +146,14 @@ def test_stage2_starts_from_the_stage1_best_weights(dataset, tmp_path, monkeypat
 
     monkeypatch.setattr(training, "fit_stage", spy)
     init = tmp_path / "run" / "stage1_best.safetensors"
-    training.train(tiny(dataset, tmp_path / "run2", "run.stages=[2]", "optim.epochs=1",
+    training.train(tiny(two_class_dataset, tmp_path / "run2", "run.stages=[2]", "optim.epochs=1",
                         f"model.init_checkpoint={init}"))
     backbone = {k: v for k, v in stage1.state_dict().items() if not k.startswith("head.")}
     assert backbone and all(torch.equal(seen[2][k], v) for k, v in backbone.items())
     assert read_metadata(tmp_path / "run2" / "best")["stage"] == 2
 
 
-def test_cli_train_with_config_file_and_overrides(dataset, tmp_path, capsys):
+def test_cli_train_with_config_file_and_overrides(two_class_dataset, tmp_path, capsys):
     config_path = tmp_path / "run.yaml"
     config_path.write_text(
         "model:\n  name: lgd3d_tiny\n  options: {base_width: 4}\n  sketch_dim: 32\n"
@@ -185,7 +163,7 @@ def test_cli_train_with_config_file_and_overrides(dataset, tmp_path, capsys):
         "run:\n  progress: false\n  final_eval: false\n"
     )
     status = lgdnet_main(["train", "--config", str(config_path), "--set", "run.stages=1",
-                          "--train-list", str(dataset.train_list), "--out", str(tmp_path / "out")])
+                          "--train-list", str(two_class_dataset.train_list), "--out", str(tmp_path / "out")])
     assert status == 0
     assert "best model:" in capsys.readouterr().out
     metadata = read_metadata(tmp_path / "out" / "best.safetensors")
@@ -193,8 +171,8 @@ def test_cli_train_with_config_file_and_overrides(dataset, tmp_path, capsys):
     assert metadata["config"]["run"]["stages"] == [1]
 
 
-def test_cli_reports_bad_settings(dataset, tmp_path, capsys):
-    status = lgdnet_main(["train", "--train-list", str(dataset.train_list),
+def test_cli_reports_bad_settings(two_class_dataset, tmp_path, capsys):
+    status = lgdnet_main(["train", "--train-list", str(two_class_dataset.train_list),
                           "--set", "optim.learning_rate=0.1", "--out", str(tmp_path)])
     assert status == 2
     assert "optim.learning_rate" in capsys.readouterr().err
@@ -203,9 +181,9 @@ def test_cli_reports_bad_settings(dataset, tmp_path, capsys):
     assert "no stage1_last or stage2_last" in capsys.readouterr().err
 
 
-def test_resume_without_checkpoint_is_an_error(dataset, tmp_path):
+def test_resume_without_checkpoint_is_an_error(two_class_dataset, tmp_path):
     with pytest.raises(CheckpointError, match="resume"):
-        training.train(tiny(dataset, tmp_path / "run"), resume=True)
+        training.train(tiny(two_class_dataset, tmp_path / "run"), resume=True)
 
 
 # ---------------------------------------------------------------- resume exactness
@@ -231,9 +209,9 @@ class Interrupt:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(dataset, tmp_path_factory):
+def uninterrupted(two_class_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    training.train(tiny(dataset, out))
+    training.train(tiny(two_class_dataset, out))
     return out
 
 
@@ -242,7 +220,7 @@ def uninterrupted(dataset, tmp_path_factory):
     (1, 1, 3, "sigterm"),  # in the middle of an accumulation group (one step of epoch 1 done)
     (2, 2, 2, "ctrl-c"),  # in stage 2, right after a step
 ])
-def test_resumed_run_reproduces_the_uninterrupted_run(dataset, tmp_path, monkeypatch, uninterrupted,
+def test_resumed_run_reproduces_the_uninterrupted_run(two_class_dataset, tmp_path, monkeypatch, uninterrupted,
                                                       stage, epoch, batch, how):
     real = training.train_one_epoch
 
@@ -251,7 +229,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run(dataset, tmp_path, monkeyp
             loader = Interrupt(loader, batch - kwargs.get("start_batch", 0), how)
         return real(model, loader, *args, **kwargs)
 
-    config = tiny(dataset, tmp_path / "run")
+    config = tiny(two_class_dataset, tmp_path / "run")
     monkeypatch.setattr(training, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         training.train(config)
@@ -274,7 +252,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run(dataset, tmp_path, monkeyp
         assert torch.equal(b.state_dict()[name], value), name
 
 
-def test_resume_from_an_explicit_checkpoint_path(dataset, tmp_path, uninterrupted):
+def test_resume_from_an_explicit_checkpoint_path(two_class_dataset, tmp_path, uninterrupted):
     # a copy of the uninterrupted run's stage-1 checkpoint, resumed through the command line
     run = tmp_path / "moved"
     run.mkdir()

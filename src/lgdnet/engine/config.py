@@ -78,6 +78,9 @@ class DataConfig:
     horizontal_flip: bool | None = None  # None: flip (Sec. 5.2); false for mirror-sensitive classes
     num_workers: int = 2
     on_error: str = "skip"
+    # test views decoded together (one loader item): bounds evaluation memory whatever the
+    # number of views (0: all the views of a video at once)
+    test_views_per_item: int = 8
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class RunConfig:
     eval_every: int = 1  # one-view validation accuracy every N epochs (0: never)
     final_eval: bool = True  # multi-view evaluation (Sec. 5.2) of each stage's best model
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda"
+    # let cuDNN time its convolution algorithms for each new input shape (CUDA): faster for
+    # the fixed training crops; switch off when the shapes keep changing
+    cudnn_benchmark: bool = True
     tensorboard: bool = False  # also write TensorBoard events (needs `tensorboard`)
     log_every: int = 10  # a log line every N optimiser steps when no progress bar is shown
     progress: bool = True  # progress bars (on a terminal, rank 0 only)
@@ -379,6 +385,7 @@ def validate_config(config: Config) -> None:
         (config.data.modality in ("rgb", "flow"), "data.modality", "'rgb' or 'flow'"),
         (config.data.on_error in ("raise", "skip"), "data.on_error", "'raise' or 'skip'"),
         (config.data.num_workers >= 0, "data.num_workers", ">= 0"),
+        (config.data.test_views_per_item >= 0, "data.test_views_per_item", ">= 0 (0: all views)"),
         (
             len(config.run.stages) > 0
             and all(s in (1, 2) for s in config.run.stages)

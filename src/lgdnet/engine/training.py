@@ -286,6 +286,8 @@ def train(config: Any, resume: bool | str | None = None) -> dict[str, Any]:
     import threading
 
     dist = distributed.init_distributed(config.run.device)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.run.cudnn_benchmark
     previous = None
     if threading.current_thread() is threading.main_thread():
         # schedulers (SLURM, Kubernetes) stop jobs with SIGTERM: treat it as Ctrl-C, so that
