@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lgdnet.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large CPU buffers reused, not re-mapped (LGDNET_KEEP_FREED_MEMORY=0: off)
     try:
         status = args.func(args)
     except LgdnetError as error:
