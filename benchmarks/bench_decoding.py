@@ -35,7 +35,6 @@ Without decord the lgdnet figures are still measured and the comparison is left 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -59,6 +58,7 @@ from harness import (  # noqa: E402
     machine_description,
     summarize,
     utc_now,
+    write_results,
 )
 
 CLIPS_DIR = REPO_ROOT / "tests" / "data" / "clips"
@@ -375,11 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     report["load_average_at_end"] = [round(x, 2) for x in load] if load else None
     report["duration_s"] = round(time.perf_counter() - started, 1)
 
-    suffix = ".quick" if args.quick else ""
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"decoding_results{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out_dir / f"decoding_results{suffix}.md").write_text(to_markdown(report))
-    print(f"wrote {args.out_dir / f'decoding_results{suffix}.md'} ({report['duration_s']:.0f} s)")
+    stem = "decoding_results" + (".quick" if args.quick else "")
+    md_path = write_results(args.out_dir, stem, report, to_markdown(report))
+    print(f"wrote {md_path} ({report['duration_s']:.0f} s)")
     return 0
 
 

@@ -25,36 +25,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_lgd_block  # noqa: E402
 from harness import BenchOptions, fmt_ratio, fmt_seconds, time_once, time_round_robin  # noqa: E402
-from workloads import Workload, build_model, inference_fn, make_batch, train_step_fn  # noqa: E402
+from workloads import (  # noqa: E402
+    Workload,
+    build_model,
+    cuda_graphed,
+    inference_fn,
+    make_batch,
+    train_step_fn,
+)
 
 BATCH = 4
+# On CUDA the 3D comparison runs at a second, larger batch too: at batch 4 a ResNet-50 step is
+# bound by the CPU issuing kernels, which the LGD blocks' extra small ops add to.
+CUDA_BATCHES_3D = (4, 16)
 TARGET_TRAIN_RATIO_3D = 1.03
 
 
-def _step(name: str, mode: str, device: torch.device, prototype: str | None = None) -> Any:
-    work = Workload(model=name, stage=1, batch=BATCH)
+def _step(name: str, mode: str, device: torch.device, prototype: str | None = None,
+          batch: int = BATCH, graph: bool = False) -> Any:
+    work = Workload(model=name, stage=1, batch=batch)
     model = build_model(work, device)
     if prototype:
         bench_lgd_block.use_prototype(model, prototype)
     clips, labels = make_batch(model, work, device)
     if mode == "train":
-        return train_step_fn(model, clips, labels, work, device)
-    return inference_fn(model, clips, work, device)
+        step = train_step_fn(model, clips, labels, work, device)
+    else:
+        step = inference_fn(model, clips, work, device)
+    return cuda_graphed(step, device) if graph else step
 
 
 def compare(lgd: str, baseline: str, mode: str, pairs: int, opts: BenchOptions,
-            with_prototype: bool = False) -> dict[str, Any]:
+            with_prototype: bool = False, batch: int = BATCH, graph: bool = False) -> dict[str, Any]:
     """Interleaved pairs (baseline, LGD); ratio = LGD time / baseline time.
 
     With ``with_prototype``, more arms run the LGD network with the prototype blocks of
     ``bench_lgd_block`` (round-robin over all arms, ratios to the baseline per round).
     """
-    fns = {"baseline": _step(baseline, mode, opts.device), "lgd": _step(lgd, mode, opts.device)}
+    fns = {"baseline": _step(baseline, mode, opts.device, batch=batch, graph=graph),
+           "lgd": _step(lgd, mode, opts.device, batch=batch, graph=graph)}
     if with_prototype:
         for name in bench_lgd_block.PROTOTYPES:
-            fns[name] = _step(lgd, mode, opts.device, prototype=name)
+            fns[name] = _step(lgd, mode, opts.device, prototype=name, batch=batch)
     timing = time_round_robin(fns, "baseline", opts.device, opts.warmup, pairs)
-    result = {"lgd": lgd, "baseline": baseline, "mode": mode, "batch": BATCH,
+    result = {"lgd": lgd, "baseline": baseline, "mode": mode, "batch": batch, "cuda_graph": graph,
               "baseline_seconds": timing["baseline"]["seconds"],
               "lgd_seconds": timing["lgd"]["seconds"],
               "ratio": timing["lgd"]["ratio_to_reference"], "prototypes": {}}
@@ -111,16 +125,29 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     pairs_3d = ("lgd3d_tiny", "p3d_tiny") if opts.quick else ("lgd3d_r50", "p3d_r50")
     pairs_2d = ("lgd2d_tiny", "tsn_tiny") if opts.quick else ("lgd2d_r50", "tsn_r50")
     comparisons = []
+    cuda = opts.device.type == "cuda"
     for lgd, base in (pairs_3d, pairs_2d):
         for mode in ("train", "inference"):
-            # The 3D training step carries the target: at least 10 pairs (opts.pairs).
-            pairs = opts.pairs if (lgd, mode) == (pairs_3d[0], "train") else max(
-                3, min(opts.pairs, 7))
-            print(f"[diffusion] {lgd} / {base} {mode}, {pairs} pairs", flush=True)
-            # the 3D training target: also measure the proposed blocks (their forward is the
-            # library's, so inference needs no extra arms)
-            prototype = (lgd, mode) == (pairs_3d[0], "train")
-            comparisons.append(compare(lgd, base, mode, pairs, opts, with_prototype=prototype))
+            for batch in CUDA_BATCHES_3D if cuda and lgd == pairs_3d[0] else (BATCH,):
+                # The 3D training step carries the target: at least 10 pairs (opts.pairs).
+                target = (lgd, mode, batch) == (pairs_3d[0], "train", BATCH)
+                pairs = opts.pairs if target else max(3, min(opts.pairs, 7))
+                print(f"[diffusion] {lgd} / {base} {mode} batch {batch}, {pairs} pairs",
+                      flush=True)
+                # the 3D training target: also measure the CPU prototype blocks (their
+                # forward is the library's, so inference needs no extra arms)
+                comparisons.append(compare(lgd, base, mode, pairs, opts, batch=batch,
+                                           with_prototype=target and not cuda))
+                if cuda and lgd == pairs_3d[0] and batch == BATCH:
+                    print(f"[diffusion] {lgd} / {base} {mode} batch {batch}, CUDA graphs",
+                          flush=True)
+                    try:
+                        comparisons.append(compare(lgd, base, mode, pairs, opts, batch=batch,
+                                                   graph=True))
+                    except Exception as error:  # report it, keep the other comparisons
+                        comparisons.append({"lgd": lgd, "baseline": base, "mode": mode,
+                                            "batch": batch, "cuda_graph": True,
+                                            "error": f"{type(error).__name__}: {error}"})
     print("[diffusion] profile", flush=True)
     prof = profile_overhead(*pairs_3d, opts)
     print("[diffusion] block level", flush=True)
@@ -131,23 +158,29 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"Batch {BATCH}, paper inputs; ratio = LGD time / baseline time per interleaved pair, "
+        "Paper inputs; ratio = LGD time / baseline time per interleaved pair, "
         "`median [min, max] (IQR, n)`. Target for the 3D training step: "
         f"at most {result['target_train_ratio_3d']}.",
         "",
-        "| LGD / baseline | step | baseline median | LGD median | ratio |",
-        "|---|---|---|---|---|",
+        "| LGD / baseline | step | batch | baseline median | LGD median | ratio |",
+        "|---|---|---|---|---|---|",
     ]
     for c in result["comparisons"]:
+        step = c["mode"] + (" (CUDA graph)" if c.get("cuda_graph") else "")
+        if "error" in c:
+            lines.append(f"| `{c['lgd']}` / `{c['baseline']}` | {step} | {c['batch']} | "
+                         f"failed: {c['error']} | | |")
+            continue
         lines.append(
-            f"| `{c['lgd']}` / `{c['baseline']}` | {c['mode']} | "
+            f"| `{c['lgd']}` / `{c['baseline']}` | {step} | {c.get('batch', BATCH)} | "
             f"{fmt_seconds(c['baseline_seconds']['median'])} | "
             f"{fmt_seconds(c['lgd_seconds']['median'])} | {fmt_ratio(c['ratio'])} |"
         )
         for name, arm in c.get("prototypes", {}).items():
             lines.append(
                 f"| `{c['lgd']}` with `{name}` blocks (prototype) / `{c['baseline']}` | "
-                f"{c['mode']} | {fmt_seconds(c['baseline_seconds']['median'])} | "
+                f"{c['mode']} | {c.get('batch', BATCH)} | "
+                f"{fmt_seconds(c['baseline_seconds']['median'])} | "
                 f"{fmt_seconds(arm['seconds']['median'])} | {fmt_ratio(arm['ratio'])} |"
             )
     p = result["profile"]

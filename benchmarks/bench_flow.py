@@ -18,7 +18,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -37,6 +36,7 @@ from harness import (  # noqa: E402
     machine_description,
     summarize,
     utc_now,
+    write_results,
 )
 
 CLIP = REPO_ROOT / "tests" / "data" / "clips" / "v_SoccerJuggling_g23_c01.avi"
@@ -236,11 +236,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     report["duration_s"] = round(time.perf_counter() - started, 1)
 
-    suffix = ".quick" if args.quick else ""
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"flow_results{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out_dir / f"flow_results{suffix}.md").write_text(to_markdown(report))
-    print(f"wrote {args.out_dir / f'flow_results{suffix}.md'}")
+    stem = "flow_results" + (".quick" if args.quick else "")
+    print(f"wrote {write_results(args.out_dir, stem, report, to_markdown(report))}")
     return 0
 
 

@@ -18,6 +18,7 @@ from harness import (  # noqa: E402
     BenchOptions,
     count_flops,
     fmt_count,
+    fmt_memory,
     fmt_seconds,
     measure_memory,
     time_repeated,
@@ -115,14 +116,6 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     return {"train_batch": TRAIN_BATCH, "inference_batches": list(INFERENCE_BATCHES), "rows": rows}
 
 
-def _mem(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "-"
-    if "error" in entry:
-        return "error"
-    return f"{entry['peak_mib']:.0f} ({entry['step_mib']:+.0f})"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     b = result["train_batch"]
     lines = [
@@ -157,9 +150,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         for r in result["rows"]:
             m = r.get("memory", {})
             lines.append(
-                f"| `{r['model']}` | {_mem(m.get('inference_batch1'))} | "
-                f"{_mem(m.get('inference_batch8'))} | {_mem(m.get(f'train_stage1_batch{b}'))} | "
-                f"{_mem(m.get(f'train_stage2_batch{b}'))} |"
+                f"| `{r['model']}` | {fmt_memory(m.get('inference_batch1'))} | "
+                f"{fmt_memory(m.get('inference_batch8'))} | {fmt_memory(m.get(f'train_stage1_batch{b}'))} | "
+                f"{fmt_memory(m.get(f'train_stage2_batch{b}'))} |"
             )
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     BenchOptions,
+    fmt_memory,
     fmt_ratio,
     fmt_seconds,
     measure_memory,
@@ -122,14 +123,6 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     }
 
 
-def _mem(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "-"
-    if "error" in entry:
-        return "error"
-    return f"{entry['step_mib']:.0f}"
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["share"]
     c, p = result["channels"], result["positions"]
@@ -171,11 +164,11 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {key[1:]} | {a['bilinear_per_position_outer_products_mib']:.0f} | "
             f"{a['bilinear_pooled_features_mib']:.0f} | {a['bilinear_classifier_weights_mib']:.0f} | "
             f"{a['sketch_per_position_mib']:.0f} | {a['sketch_classifier_weights_mib']:.0f} | "
-            f"{_mem(entry.get('measured_sketch_head_step'))} |"
+            f"{fmt_memory(entry.get('measured_sketch_head_step'), peak=False)} |"
         )
     if "measured_stage1_head_step" in result["memory"]:
         lines += ["", "Stage-1 head step, measured peak-RSS increase: "
-                  f"{_mem(result['memory']['measured_stage1_head_step'])} MiB."]
+                  f"{fmt_memory(result['memory']['measured_stage1_head_step'], peak=False)} MiB."]
     return "\n".join(lines)
 
 

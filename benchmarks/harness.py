@@ -309,6 +309,28 @@ class BenchOptions:
     memory: bool = True
 
 
+def write_results(out_dir: Path, stem: str, report: dict[str, Any], markdown: str) -> Path:
+    """Write ``STEM.json`` (the report) and ``STEM.md`` (its text) into ``out_dir``; returns
+    the path of the ``.md`` file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path = out_dir / f"{stem}.md"
+    md_path.write_text(markdown)
+    return md_path
+
+
+def fmt_memory(entry: dict[str, Any] | None, peak: bool = True) -> str:
+    """A memory probe's answer (:func:`measure_memory`) for a table cell: ``peak (+step)``
+    MiB, or the step's increase alone with ``peak=False``."""
+    if not entry:
+        return "-"
+    if "error" in entry:
+        return "error"
+    if peak:
+        return f"{entry['peak_mib']:.0f} ({entry['step_mib']:+.0f})"
+    return f"{entry['step_mib']:.0f}"
+
+
 def fmt_seconds(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"

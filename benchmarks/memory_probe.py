@@ -2,8 +2,8 @@
 
 Usage: ``python benchmarks/memory_probe.py '{"model": "lgd3d_r50", "mode": "train", ...}'``
 with the fields of :class:`workloads.Workload` plus ``mode`` ("inference" | "train" | "head")
-and ``device``; or ``{"probe": "evaluate", "model": ..., "views": 15, "clip": PATH}`` for
-multi-view evaluation of one video. Prints one JSON line.
+and ``device``; or ``{"probe": "evaluate", "model": ..., "views": 15, "views_per_item": 8,
+"clip": PATH}`` for multi-view evaluation of one video. Prints one JSON line.
 
 On CPU, the resident set size is read just before the measured step, the kernel's high-water
 mark is reset there (``/proc/self/clear_refs``, Linux >= 4.0) and read after it (``VmHWM``;
@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workloads import Workload, num_parameters, prepare  # noqa: E402
+
+from lgdnet.engine.allocator import keep_freed_memory  # noqa: E402
 
 MIB = 2**20
 
@@ -68,8 +70,8 @@ def evaluate_probe(config: dict, device: torch.device) -> dict:
     model = build_model(Workload(model=config["model"]), device)
     record = VideoRecord(path=config["clip"], label=0, video_id="probe")
     dataset = VideoDataset([record], sampling_spec(model.default_input_size, config["views"]),
-                           mode="test")
-    views_bytes = dataset[0]["video"].numel() * 4  # decoded once here to know the size
+                           mode="test", views_per_item=config.get("views_per_item", 8))
+    views_bytes = dataset[0]["video"].numel() * 4  # the first (largest) item, decoded once here
     reset = _reset_peak_rss()
     base = _current_rss_bytes()
     evaluate(model, dataset, views_per_chunk=config.get("views_per_chunk", 8), device=device,
@@ -80,6 +82,7 @@ def evaluate_probe(config: dict, device: torch.device) -> dict:
 
 
 def main() -> int:
+    keep_freed_memory()  # as the lgdnet command runs (lgdnet.engine.allocator)
     config = json.loads(sys.argv[1])
     device = torch.device(config.pop("device", "cpu"))
     threads = config.pop("threads", None)

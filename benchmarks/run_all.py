@@ -42,6 +42,8 @@ from harness import (  # noqa: E402
     utc_now,
 )
 
+from lgdnet.engine.allocator import keep_freed_memory  # noqa: E402
+
 SECTIONS = ("models", "diffusion", "efficiency", "sketch", "pipeline")
 # Execution order: the headline comparisons first, so a run cut short still has them.
 RUN_ORDER = ("diffusion", "efficiency", "sketch", "pipeline", "models")
@@ -87,6 +89,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # as training does (run.cudnn_benchmark)
     use_cpu_clock(args.clock == "cpu")
     return BenchOptions(
         device=torch.device(args.device),
@@ -170,7 +174,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "clock, synchronised on CUDA); A/B comparisons are interleaved in one process and reported as the median "
         "of per-pair ratios `median [min, max] (IQR, n)`. " + FLOP_CONVENTION + ". "
         "Inference runs in eval mode under `torch.inference_mode`; a training step is forward "
-        "+ `stage_loss` + backward + SGD (momentum) step. Random inputs, 400 classes.",
+        "+ `stage_loss` + backward + SGD (momentum) step. Random inputs, 400 classes. "
+        + ("Large CPU buffers are kept for reuse, as the `lgdnet` command runs "
+           "(`lgdnet.engine.allocator.keep_freed_memory`)."
+           if report["settings"].get("keep_freed_memory") else
+           "glibc's default allocation (large buffers mapped anew each time)."),
         "",
     ]
     for name in SECTIONS:
@@ -194,6 +202,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # as the lgdnet command does at start-up (lgdnet.engine.allocator)
+    kept = keep_freed_memory()
     opts = options_from_args(args)
     start = time.perf_counter()
     report: dict[str, Any] = {
@@ -203,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(opts.device),
         "versions": library_versions(),
         "settings": {"clock": clock_name(), "repeats": opts.repeats, "pairs": opts.pairs, "warmup": opts.warmup,
-                     "memory": opts.memory, "flop_convention": FLOP_CONVENTION},
+                     "memory": opts.memory, "flop_convention": FLOP_CONVENTION,
+                     "keep_freed_memory": kept},
     }
     report["results"], failed = run_sections(opts, [s for s in RUN_ORDER if s in args.only])
     if not args.skip_companions and not opts.quick and set(args.only) == set(SECTIONS):

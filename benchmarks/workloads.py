@@ -40,6 +40,8 @@ class Workload:
         sketch_dim: Tensor Sketch dimension d in stage 2.
         channels_last: store activations as ``torch.channels_last_3d``.
         dtype: ``"float32"``, or ``"bfloat16"`` for autocast on CUDA.
+        fold_bn: fold BatchNorm into the convolutions, as ``lgdnet predict``/``eval`` do
+            (inference only).
     """
 
     model: str
@@ -49,6 +51,7 @@ class Workload:
     channels_last: bool = False
     dtype: str = "float32"
     num_classes: int = NUM_CLASSES
+    fold_bn: bool = False
 
 
 def build_model(work: Workload, device: torch.device) -> nn.Module:
@@ -58,6 +61,8 @@ def build_model(work: Workload, device: torch.device) -> nn.Module:
     if work.stage == 2:
         model.to_stage2(sketch_dim=work.sketch_dim)
     model = model.to(device)
+    if work.fold_bn:
+        model = lgdnet.models.fold_batchnorm(model, inplace=True)
     if work.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     return model
@@ -114,6 +119,30 @@ def train_step_fn(
         return loss
 
     return run
+
+
+def cuda_graphed(step: Callable[[], object], device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """``step`` captured once as a CUDA graph (whole-network capture, forward, backward and
+    optimiser step alike), returned as the graph's replay: the same GPU work with none of the
+    CPU cost of issuing its kernels one by one. Warm-up calls run on a side stream first, as
+    capture requires (they also create the optimiser's momentum buffers)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    def replay() -> None:
+        graph.replay()
+
+    # The graph reads and writes the memory of the model, inputs and optimiser that ``step``
+    # holds: keep them alive for as long as the replay can be called.
+    replay.step = step  # type: ignore[attr-defined]
+    return replay
 
 
 def feature_shapes(model: nn.Module, device: torch.device) -> tuple[tuple[int, ...], int]:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU checks in one go: the CUDA tests (tests/test_cuda.py), then the benchmark sections
+# that say something about a GPU (diffusion cost, hardware efficiency in fp32/bf16, per-model
+# cost, the sketch head), and peak GPU memory of the ResNet-50 3D models.
+#
+# Usage (repository root, lgdnet importable, a CUDA device present):
+#     bash benchmarks/run_cuda.sh OUT_DIR
+# Writes OUT_DIR/test_cuda.log, OUT_DIR/RESULTS.*.md / results.*.json and OUT_DIR/memory.jsonl.
+# Each step has a time limit, so that one slow step cannot starve the others.
+set -u
+out=${1:?usage: bash benchmarks/run_cuda.sh OUT_DIR}
+python=${PYTHON:-python3}
+mkdir -p "$out"
+nvidia-smi -L
+"$python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())'
+timeout 180 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+timeout 150 "$python" benchmarks/run_all.py --device cuda --only efficiency --out-dir "$out"
+timeout 150 "$python" benchmarks/run_all.py --device cuda --only diffusion --out-dir "$out"
+timeout 150 "$python" benchmarks/run_all.py --device cuda --only models sketch --no-memory --out-dir "$out"
+for model in lgd3d_r50 p3d_r50; do
+    for probe in '"mode": "train", "batch": 4' '"mode": "train", "batch": 16' '"mode": "inference", "batch": 8'; do
+        timeout 60 "$python" benchmarks/memory_probe.py "{\"model\": \"$model\", \"device\": \"cuda\", $probe}" \
+            | sed "s/^{/{\"model\": \"$model\", $probe, /" | tee -a "$out/memory.jsonl"
+    done
+done
