@@ -82,8 +82,12 @@ def evaluate_probe(config: dict, device: torch.device) -> dict:
 
 
 def main() -> int:
-    keep_freed_memory()  # as the lgdnet command runs (lgdnet.engine.allocator)
     config = json.loads(sys.argv[1])
+    # Working memory is measured with glibc's default allocation, which returns large freed
+    # blocks at once; with keep_freed_memory (as the lgdnet command runs) the process also
+    # keeps what it freed, so its peak depends on the order of allocations.
+    if config.pop("keep_freed_memory", False):
+        keep_freed_memory()
     device = torch.device(config.pop("device", "cpu"))
     threads = config.pop("threads", None)
     if threads:

@@ -176,7 +176,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Inference runs in eval mode under `torch.inference_mode`; a training step is forward "
         "+ `stage_loss` + backward + SGD (momentum) step. Random inputs, 400 classes. "
         + ("Large CPU buffers are kept for reuse, as the `lgdnet` command runs "
-           "(`lgdnet.engine.allocator.keep_freed_memory`)."
+           "(`lgdnet.engine.allocator.keep_freed_memory`); peak memory is measured in fresh "
+           "processes with glibc's default allocation, i.e. the working memory."
            if report["settings"].get("keep_freed_memory") else
            "glibc's default allocation (large buffers mapped anew each time)."),
         "",
