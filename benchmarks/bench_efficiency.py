@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import workloads  # noqa: E402
 from harness import (  # noqa: E402
     BenchOptions,
     count_flops,
@@ -35,14 +36,6 @@ from harness import (  # noqa: E402
     make_matmul,
     summarize,
     time_round_robin,
-)
-from workloads import (  # noqa: E402
-    Workload,
-    build_model,
-    cuda_graphed,
-    inference_fn,
-    make_batch,
-    train_step_fn,
 )
 
 TARGET = 0.70
@@ -92,19 +85,19 @@ def efficiency(name: str, mode: str, batch: int, dtype: str, opts: BenchOptions,
                matmul_size: int, pairs: int, channels_last: bool = False,
                graph: bool = False, fold_bn: bool = False) -> dict[str, Any]:
     device = opts.device
-    work = Workload(model=name, stage=1, batch=batch, dtype=dtype, channels_last=channels_last,
-                    fold_bn=fold_bn)
-    model = build_model(work, device)
-    clips, labels = make_batch(model, work, device)
+    work = workloads.Workload(model=name, stage=1, batch=batch, dtype=dtype,
+                              channels_last=channels_last, fold_bn=fold_bn)
+    model = workloads.build_model(work, device)
+    clips, labels = workloads.make_batch(model, work, device)
     if mode == "train":
-        step = train_step_fn(model, clips, labels, work, device)
+        step = workloads.train_step_fn(model, clips, labels, work, device)
     else:
-        step = inference_fn(model, clips, work, device)
+        step = workloads.inference_fn(model, clips, work, device)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model_flops = count_flops(step)
     model.load_state_dict(state)
     if graph:
-        step = cuda_graphed(step, device)
+        step = workloads.cuda_graphed(step, device)
     mm, mm_flops = make_matmul(device, getattr(torch, dtype), matmul_size)
     fns = {"matmul": mm, "model": step}
     if device.type == "cpu":

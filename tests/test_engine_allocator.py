@@ -20,7 +20,7 @@ def test_applied_on_glibc_and_large_blocks_stop_being_mapped():
     """In a fresh process: with the setting, freed 64 MiB blocks are reused instead of being
     unmapped, so allocating them again touches no new pages (minor page faults stay flat;
     without it every allocation maps and faults in 64 MiB anew)."""
-    program = f"""
+    program = """
 import resource
 import torch
 from lgdnet.engine.allocator import keep_freed_memory
