@@ -207,3 +207,31 @@ def test_two_ranks_match_one_rank(tmp_path):
             assert float(data["mca"]) == pytest.approx(single.metrics["mean_class_accuracy"])
             views_seen += int(data["seen"].sum())
     assert views_seen == 7 * 3  # the 7 videos were split, not scored twice or padded
+
+
+def test_split_views_skip_broken_videos(clips_dir, tmp_path):
+    """Real clips split into items of 8 views, with a missing and an empty file among them:
+    the broken videos are left out, and each readable one is scored over all its views."""
+    from lgdnet.data import SamplingSpec, VideoDataset, VideoRecord
+
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    paths = [clips_dir / "v_SoccerJuggling_g23_c01.avi", tmp_path / "missing.mp4",
+             tmp_path / "empty.mp4", clips_dir / "R6llTwEh07w.mp4"]
+    records = [VideoRecord(path=str(p), label=i % 2, video_id=p.stem) for i, p in enumerate(paths)]
+    spec = SamplingSpec.for_3d(num_test_views=20, num_frames=4, test_short_side=32)
+    dataset = VideoDataset(records, spec, mode="test", on_error="skip", views_per_item=8)
+    model = make_model()
+    counted = []
+    model.register_forward_pre_hook(lambda module, args: counted.append(args[0].shape[0]))
+    result = evaluate(model, dataset, progress=False)
+    assert result.indices == [0, 3]
+    assert result.video_ids == ["v_SoccerJuggling_g23_c01", "R6llTwEh07w"]
+    assert len(dataset.bad_files) == 2
+    np.testing.assert_allclose(result.scores.sum(1), 1.0, rtol=1e-5)
+    # the chunks of the two broken videos were replaced by the next readable video's, whose
+    # duplicates count once: 20 views of the first video, 3 x 20 of the last
+    assert max(counted) <= 8 and sum(counted) == 20 + 3 * 20
+    whole = VideoDataset([records[0]], spec, mode="test")[0]["video"]
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(whole)["logits"], 1).mean(0).numpy()
+    np.testing.assert_allclose(result.scores[0], expected, rtol=1e-4, atol=1e-6)
