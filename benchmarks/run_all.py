@@ -132,6 +132,7 @@ def run_sections(opts: BenchOptions, sections: list[str]) -> tuple[dict[str, Any
 COMPANIONS = (
     ("bench_decoding.py", "decoding_results.md", "Video decoding"),
     ("bench_flow.py", "flow_results.md", "Optical flow"),
+    ("bench_allocator.py", "allocator_results.md", "CPU allocation"),
 )
 
 
