@@ -30,6 +30,7 @@ from workloads import (  # noqa: E402
     build_model,
     cuda_graphed,
     inference_fn,
+    layout,
     make_batch,
     train_step_fn,
 )
@@ -41,12 +42,10 @@ CUDA_BATCHES_3D = (4, 16)
 TARGET_TRAIN_RATIO_3D = 1.03
 
 
-def _step(name: str, mode: str, device: torch.device, prototype: str | None = None,
-          batch: int = BATCH, graph: bool = False) -> Any:
-    work = Workload(model=name, stage=1, batch=batch)
+def _step(name: str, mode: str, device: torch.device, batch: int = BATCH, graph: bool = False,
+          memory_format: str = "auto") -> Any:
+    work = Workload(model=name, stage=1, batch=batch, memory_format=memory_format)
     model = build_model(work, device)
-    if prototype:
-        bench_lgd_block.use_prototype(model, prototype)
     clips, labels = make_batch(model, work, device)
     if mode == "train":
         step = train_step_fn(model, clips, labels, work, device)
@@ -56,26 +55,18 @@ def _step(name: str, mode: str, device: torch.device, prototype: str | None = No
 
 
 def compare(lgd: str, baseline: str, mode: str, pairs: int, opts: BenchOptions,
-            with_prototype: bool = False, batch: int = BATCH, graph: bool = False) -> dict[str, Any]:
-    """Interleaved pairs (baseline, LGD); ratio = LGD time / baseline time.
-
-    With ``with_prototype``, more arms run the LGD network with the prototype blocks of
-    ``bench_lgd_block`` (round-robin over all arms, ratios to the baseline per round).
-    """
-    fns = {"baseline": _step(baseline, mode, opts.device, batch=batch, graph=graph),
-           "lgd": _step(lgd, mode, opts.device, batch=batch, graph=graph)}
-    if with_prototype:
-        for name in bench_lgd_block.PROTOTYPES:
-            fns[name] = _step(lgd, mode, opts.device, prototype=name, batch=batch)
+            batch: int = BATCH, graph: bool = False, memory_format: str = "auto") -> dict[str, Any]:
+    """Interleaved pairs (baseline, LGD); ratio = LGD time / baseline time."""
+    options = dict(batch=batch, memory_format=memory_format)
+    fns = {"baseline": _step(baseline, mode, opts.device, graph=graph, **options),
+           "lgd": _step(lgd, mode, opts.device, graph=graph, **options)}
     timing = time_round_robin(fns, "baseline", opts.device, opts.warmup, pairs)
     result = {"lgd": lgd, "baseline": baseline, "mode": mode, "batch": batch, "cuda_graph": graph,
+              "layout": layout(Workload(model=lgd, batch=batch, memory_format=memory_format),
+                               opts.device),
               "baseline_seconds": timing["baseline"]["seconds"],
               "lgd_seconds": timing["lgd"]["seconds"],
-              "ratio": timing["lgd"]["ratio_to_reference"], "prototypes": {}}
-    for name in fns:
-        if name in bench_lgd_block.PROTOTYPES:
-            result["prototypes"][name] = {"seconds": timing[name]["seconds"],
-                                          "ratio": timing[name]["ratio_to_reference"]}
+              "ratio": timing["lgd"]["ratio_to_reference"]}
     return result
 
 
@@ -126,28 +117,31 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     pairs_2d = ("lgd2d_tiny", "tsn_tiny") if opts.quick else ("lgd2d_r50", "tsn_r50")
     comparisons = []
     cuda = opts.device.type == "cuda"
-    for lgd, base in (pairs_3d, pairs_2d):
-        for mode in ("train", "inference"):
-            for batch in CUDA_BATCHES_3D if cuda and lgd == pairs_3d[0] else (BATCH,):
-                # The 3D training step carries the target: at least 10 pairs (opts.pairs).
-                target = (lgd, mode, batch) == (pairs_3d[0], "train", BATCH)
-                pairs = opts.pairs if target else max(3, min(opts.pairs, 7))
-                print(f"[diffusion] {lgd} / {base} {mode} batch {batch}, {pairs} pairs",
-                      flush=True)
-                # the 3D training target: also measure the CPU prototype blocks (their
-                # forward is the library's, so inference needs no extra arms)
-                comparisons.append(compare(lgd, base, mode, pairs, opts, batch=batch,
-                                           with_prototype=target and not cuda))
-                if cuda and lgd == pairs_3d[0] and batch == BATCH:
-                    print(f"[diffusion] {lgd} / {base} {mode} batch {batch}, CUDA graphs",
-                          flush=True)
-                    try:
-                        comparisons.append(compare(lgd, base, mode, pairs, opts, batch=batch,
-                                                   graph=True))
-                    except Exception as error:  # report it, keep the other comparisons
-                        comparisons.append({"lgd": lgd, "baseline": base, "mode": mode,
-                                            "batch": batch, "cuda_graph": True,
-                                            "error": f"{type(error).__name__}: {error}"})
+
+    def add(lgd: str, base: str, mode: str, pairs: int, **options: Any) -> None:
+        label = " ".join(f"{k} {v}" for k, v in options.items())
+        print(f"[diffusion] {lgd} / {base} {mode} {label}, {pairs} pairs", flush=True)
+        try:
+            comparisons.append(compare(lgd, base, mode, pairs, opts, **options))
+        except Exception as error:  # report it, keep the other comparisons
+            comparisons.append({"lgd": lgd, "baseline": base, "mode": mode,
+                                "batch": options.get("batch", BATCH),
+                                "cuda_graph": options.get("graph", False),
+                                "error": f"{type(error).__name__}: {error}"})
+
+    short = max(3, min(opts.pairs, 7))
+    for mode in ("train", "inference"):
+        # the 3D training step carries the target: at least 10 pairs (opts.pairs), in the
+        # library's default layout; the other layout alongside
+        add(*pairs_3d, mode, opts.pairs if mode == "train" else short)
+        other = "contiguous" if layout(Workload(pairs_3d[0]), opts.device) == "channels_last" \
+            else "channels_last"
+        add(*pairs_3d, mode, short, memory_format=other)
+        if cuda:
+            add(*pairs_3d, mode, opts.pairs, graph=True)
+            add(*pairs_3d, mode, short, batch=CUDA_BATCHES_3D[1])
+    for mode in ("train", "inference"):
+        add(*pairs_2d, mode, short)
     print("[diffusion] profile", flush=True)
     prof = profile_overhead(*pairs_3d, opts)
     print("[diffusion] block level", flush=True)
@@ -162,27 +156,21 @@ def to_markdown(result: dict[str, Any]) -> str:
         "`median [min, max] (IQR, n)`. Target for the 3D training step: "
         f"at most {result['target_train_ratio_3d']}.",
         "",
-        "| LGD / baseline | step | batch | baseline median | LGD median | ratio |",
-        "|---|---|---|---|---|---|",
+        "| LGD / baseline | step | batch | layout | baseline median | LGD median | ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in result["comparisons"]:
         step = c["mode"] + (" (CUDA graph)" if c.get("cuda_graph") else "")
         if "error" in c:
-            lines.append(f"| `{c['lgd']}` / `{c['baseline']}` | {step} | {c['batch']} | "
+            lines.append(f"| `{c['lgd']}` / `{c['baseline']}` | {step} | {c['batch']} | | "
                          f"failed: {c['error']} | | |")
             continue
         lines.append(
             f"| `{c['lgd']}` / `{c['baseline']}` | {step} | {c.get('batch', BATCH)} | "
+            f"{c.get('layout', 'contiguous')} | "
             f"{fmt_seconds(c['baseline_seconds']['median'])} | "
             f"{fmt_seconds(c['lgd_seconds']['median'])} | {fmt_ratio(c['ratio'])} |"
         )
-        for name, arm in c.get("prototypes", {}).items():
-            lines.append(
-                f"| `{c['lgd']}` with `{name}` blocks (prototype) / `{c['baseline']}` | "
-                f"{c['mode']} | {c.get('batch', BATCH)} | "
-                f"{fmt_seconds(c['baseline_seconds']['median'])} | "
-                f"{fmt_seconds(arm['seconds']['median'])} | {fmt_ratio(arm['ratio'])} |"
-            )
     p = result["profile"]
     lines += [
         "",

@@ -7,10 +7,12 @@ Model FLOPs follow the FlopCounterMode convention (2 per multiply-add, convoluti
 products only), so element-wise work counts as overhead. Target on CPU: at least 70%.
 On CUDA the same figures are also reported in bf16 (autocast for the model, a bf16 matmul).
 
-On CUDA the rows are fp32 with TF32 switched off (for the model and the matmul alike, so
-that both are true fp32), bf16 autocast, bf16 with ``channels_last_3d`` activations, and the
-last replayed as a CUDA graph (no CPU cost of issuing kernels), each at the CPU batches and at
-larger ones that fill the GPU better; matmul of size 8192.
+Each row names its activations' layout: the library's default (``run.memory_format="auto"``:
+channels-last on the CPU) and the other one. On CUDA the rows are fp32 with TF32 switched off
+(for the model and the matmul alike, so that both are true fp32) and bf16 autocast, each
+contiguous and channels-last, the last also replayed as a CUDA graph (no CPU cost of issuing
+kernels), each at the CPU batches and at larger ones that fill the GPU better; matmul of size
+8192.
 
 Run alone: ``python benchmarks/bench_efficiency.py [--quick] [--device cuda]``.
 """
@@ -82,11 +84,11 @@ def op_breakdown(step: Any) -> dict[str, float]:
 
 
 def efficiency(name: str, mode: str, batch: int, dtype: str, opts: BenchOptions,
-               matmul_size: int, pairs: int, channels_last: bool = False,
+               matmul_size: int, pairs: int, memory_format: str = "auto",
                graph: bool = False, fold_bn: bool = False) -> dict[str, Any]:
     device = opts.device
     work = workloads.Workload(model=name, stage=1, batch=batch, dtype=dtype,
-                              channels_last=channels_last, fold_bn=fold_bn)
+                              memory_format=memory_format, fold_bn=fold_bn)
     model = workloads.build_model(work, device)
     clips, labels = workloads.make_batch(model, work, device)
     if mode == "train":
@@ -126,7 +128,7 @@ def efficiency(name: str, mode: str, batch: int, dtype: str, opts: BenchOptions,
         "breakdown": breakdown,
         "gemm_conv": gemm_conv,
         "model": name, "mode": mode, "batch": batch, "dtype": dtype,
-        "layout": ("channels_last_3d" if channels_last else "contiguous")
+        "layout": workloads.layout(work, device)
         + (", CUDA graph" if graph else "") + (", BatchNorm folded" if fold_bn else ""),
         "model_flops": model_flops, "matmul_size": matmul_size,
         "model_seconds": timing["b"],
@@ -138,11 +140,12 @@ def efficiency(name: str, mode: str, batch: int, dtype: str, opts: BenchOptions,
     }
 
 
-# (dtype, channels_last, CUDA graph) per device; batches per mode: the train batch is the
+# (dtype, memory format, CUDA graph) per device; batches per mode: the train batch is the
 # diffusion comparison's, and on CUDA a second, larger batch of each fills the GPU better.
-CONFIGS = {"cpu": [("float32", False, False)],
-           "cuda": [("float32", False, False), ("bfloat16", False, False),
-                    ("bfloat16", True, False), ("bfloat16", True, True)]}
+CONFIGS = {"cpu": [("float32", "channels_last", False), ("float32", "contiguous", False)],
+           "cuda": [("float32", "contiguous", False), ("float32", "channels_last", False),
+                    ("bfloat16", "contiguous", False), ("bfloat16", "channels_last", False),
+                    ("bfloat16", "channels_last", True)]}
 BATCHES = {"cpu": {"inference": (8,), "train": (4,)},
            "cuda": {"inference": (8, 32), "train": (4, 16)}}
 
@@ -167,21 +170,20 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     size = 1024 if opts.quick else (8192 if kind == "cuda" else 4096)
     pairs = max(3, min(opts.pairs, 5)) if kind == "cpu" else max(opts.pairs, 10)
     rows = []
-    for dtype, channels_last, graph in CONFIGS[kind]:
+    for dtype, memory_format, graph in CONFIGS[kind]:
         for mode, batches in BATCHES[kind].items():
             for batch in batches[:1] if opts.quick else batches:
-                print(f"[efficiency] {name} {mode} {dtype} batch {batch}"
-                      + (" channels_last_3d" if channels_last else "")
+                print(f"[efficiency] {name} {mode} {dtype} batch {batch} {memory_format}"
                       + (" CUDA graph" if graph else ""), flush=True)
                 with true_fp32(opts.device, dtype):
                     rows.append(efficiency(name, mode, batch, dtype, opts, size, pairs,
-                                           channels_last, graph))
+                                           memory_format, graph))
                     if mode == "inference" and kind == "cpu":
                         # as lgdnet predict / eval / features run it
-                        print(f"[efficiency] {name} {mode} {dtype} batch {batch} BatchNorm "
-                              "folded", flush=True)
+                        print(f"[efficiency] {name} {mode} {dtype} batch {batch} "
+                              f"{memory_format} BatchNorm folded", flush=True)
                         rows.append(efficiency(name, mode, batch, dtype, opts, size, pairs,
-                                               fold_bn=True))
+                                               memory_format, fold_bn=True))
     return {"target": TARGET, "device": kind, "rows": rows}
 
 

@@ -38,7 +38,8 @@ class Workload:
         stage: 1 (Eq. 6 head) or 2 (combination classifier, Eq. 4-5, 7).
         batch: clips per step.
         sketch_dim: Tensor Sketch dimension d in stage 2.
-        channels_last: store activations as ``torch.channels_last_3d``.
+        memory_format: activations' layout, as ``run.memory_format``: ``"auto"`` (the
+            library's default for the device and dtype), ``"channels_last"`` or ``"contiguous"``.
         dtype: ``"float32"``, or ``"bfloat16"`` for autocast on CUDA.
         fold_bn: fold BatchNorm into the convolutions, as ``lgdnet predict``/``eval`` do
             (inference only).
@@ -48,7 +49,7 @@ class Workload:
     stage: int = 1
     batch: int = 1
     sketch_dim: int = DEFAULT_SKETCH_DIM
-    channels_last: bool = False
+    memory_format: str = "auto"
     dtype: str = "float32"
     num_classes: int = NUM_CLASSES
     fold_bn: bool = False
@@ -63,9 +64,14 @@ def build_model(work: Workload, device: torch.device) -> nn.Module:
     model = model.to(device)
     if work.fold_bn:
         model = lgdnet.models.fold_batchnorm(model, inplace=True)
-    if work.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+    lgdnet.models.to_memory_format(model, layout(work, device))
     return model
+
+
+def layout(work: Workload, device: torch.device) -> str:
+    """The memory format ``work`` runs in on ``device`` (``"auto"`` resolved as the library does)."""
+    precision = "bf16" if work.dtype == "bfloat16" else "fp32"
+    return lgdnet.models.resolve_memory_format(work.memory_format, device, precision)
 
 
 def make_batch(model: nn.Module, work: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,10 +84,9 @@ def make_batch(model: nn.Module, work: Workload, device: torch.device) -> tuple[
     t, h, w = model.default_input_size
     clips = torch.randn(work.batch, model.in_channels, t, h, w, generator=generator)
     labels = torch.randint(0, work.num_classes, (work.batch,), generator=generator)
-    clips = clips.to(device)
-    if work.channels_last:
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
-    return clips, labels.to(device)
+    # contiguous whatever the model's layout, as the data loader delivers them (the first
+    # convolution of a channels-last model returns a channels-last map)
+    return clips.to(device), labels.to(device)
 
 
 def _autocast(work: Workload, device: torch.device) -> contextlib.AbstractContextManager[Any]:

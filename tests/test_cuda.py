@@ -21,7 +21,7 @@ from lgdnet.engine.builders import build_val_dataset
 from lgdnet.engine.checkpoint import load_model
 from lgdnet.engine.config import save_config
 from lgdnet.engine.evaluate import evaluate
-from lgdnet.models import create_model
+from lgdnet.models import create_model, to_memory_format
 from lgdnet.models.heads import stage_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -60,16 +60,20 @@ def test_forward_matches_cpu(name, stage):
         torch.testing.assert_close(got[key].cpu(), expected[key], rtol=1e-4, atol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("name, stage", [("lgd3d_tiny", 1), ("lgd3d_tiny", 2)])
-def test_gradients_match_cpu(name, stage):
+@pytest.mark.parametrize("name, stage, memory_format",
+                         [("lgd3d_tiny", 1, "contiguous"), ("lgd3d_tiny", 2, "contiguous"),
+                          ("lgd3d_tiny", 1, "channels_last"), ("lgd2d_tiny", 1, "channels_last")])
+def test_gradients_match_cpu(name, stage, memory_format):
     """Backward of the LGD block (with its fused residual/ReLU/pool node) and of the Tensor
-    Sketch head (FFTs) on the GPU equals the CPU's."""
+    Sketch head (FFTs) on the GPU, in either memory layout, equals the CPU's (contiguous)."""
     model, clips = _model_and_clips(name, stage)
     labels = torch.tensor([1, 3])
     grads = []
     for device in (torch.device("cpu"), CUDA):
         copy = _model_and_clips(name, stage)[0].to(device).train()
         copy.load_state_dict(model.state_dict())
+        if device == CUDA:
+            to_memory_format(copy, memory_format)
         stage_loss(copy(clips.to(device)), labels.to(device)).backward()
         grads.append({n: p.grad.cpu() for n, p in copy.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10

@@ -39,5 +39,6 @@ print(applied, faults() - before)
     applied, new_faults = out[0] == "True", int(out[1])
     assert applied is GLIBC
     if GLIBC:
-        # 5 x 64 MiB of fresh pages would be over 80,000 faults of 4 KiB
-        assert new_faults < 2000, new_faults
+        # 5 x 64 MiB of fresh pages are 81,920 faults of 4 KiB; with the setting the blocks
+        # are reused (now and then one lands elsewhere in the heap and faults in once: 16,384)
+        assert new_faults <= 16384 + 1000, new_faults

@@ -17,8 +17,11 @@ from lgdnet.models import (
     count_parameters,
     create_model,
     lgd_extra_parameters,
+    to_memory_format,
 )
 from lgdnet.models.init import init_scratch
+from lgdnet.models.lgd_block import _ResidualReLUPool, frame_major_base
+from lgdnet.models.units import to_clip
 
 VARIANTS = ("lgd", "v1", "v2", "none")
 
@@ -39,9 +42,11 @@ def project(lowrank: nn.Module, v: torch.Tensor) -> torch.Tensor:
     return v @ w.T
 
 
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
 @pytest.mark.parametrize("diffusion", VARIANTS)
-def test_block_matches_the_equations(diffusion):
-    block = make_block(diffusion).eval()
+def test_block_matches_the_equations(diffusion, unit_type, memory_format):
+    block = to_memory_format(make_block(diffusion, unit_type=unit_type).eval(), memory_format)
     x = torch.randn(2, 4, 3, 5, 5)
     g = torch.randn(2, 4)
     with torch.no_grad():
@@ -68,11 +73,13 @@ def test_block_matches_the_equations(diffusion):
         torch.testing.assert_close(g_out, g_ref)
 
 
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
 @pytest.mark.parametrize("diffusion", VARIANTS)
-def test_gradcheck_float64_block(diffusion, unit_type):
+def test_gradcheck_float64_block(diffusion, unit_type, memory_format):
     """gradcheck through the in-place additions, w.r.t. inputs and the projection weights."""
     block = make_block(diffusion, c_in=4, width=2, unit_type=unit_type).double()
+    to_memory_format(block, memory_format)
     params = {n: p.detach() for n, p in block.named_parameters()}
     proj_names = [n for n in params if n.startswith(("global_to", "local_to"))]
     x = torch.randn(2, 4, 2, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -168,3 +175,47 @@ def test_deepcopy_and_train_flag():
         clone.conv1.weight.add_(1.0)  # the copy's unit must use the copy's layers only
     assert not torch.allclose(clone(x, g)[0], block(x, g)[0])
     torch.testing.assert_close(block(x, g)[0], make_block("lgd").eval()(x, g)[0])
+
+
+def test_frame_major_maps_are_found_only_for_exact_clip_views():
+    """LGD-2D's units return a clip view of (N*T, C, H, W) maps; the block works on those maps
+    (in place) and on nothing else that merely has a base."""
+    frames = torch.randn(6, 4, 5, 5)
+    assert frame_major_base(to_clip(frames, 2)) is frames
+    assert frame_major_base(frames) is None  # not a view
+    assert frame_major_base(to_clip(frames, 2)[:, :2]) is None  # a slice of the clip view
+    assert frame_major_base(frames.view(2, 3, 4, 5, 5)) is None  # no transpose: (N, T, C, ...)
+    assert frame_major_base(torch.randn(2, 4, 3, 5, 5).transpose(3, 4)) is None
+
+
+@pytest.mark.parametrize("frame_major", [False, True])
+def test_fused_node_with_transposed_vectors_and_channels_last_maps(frame_major):
+    """The fused Eq. (2)-(3) node against plain autograd, fed the layouts a network hands it:
+    a channels-last map, a transposed (N, C) residual (an ``mm`` result) and a transposed
+    incoming gradient of the pooled vector."""
+    torch.manual_seed(0)
+    n, c, t, h = 2, 8, 3, 4
+    if frame_major:
+        pre = torch.randn(n * t, c, h, h).contiguous(memory_format=torch.channels_last)
+    else:
+        pre = torch.randn(n, c, t, h, h).contiguous(memory_format=torch.channels_last_3d)
+    residual = torch.randn(c, n).t().requires_grad_()  # stride 1 along N
+    grad_pooled = torch.randn(c, n).t()
+    grad_y = torch.randn(pre.shape)
+
+    def as_clip(y):
+        return to_clip(y, n) if frame_major else y
+
+    out = pre.clone().requires_grad_()
+    y, pooled = _ResidualReLUPool.apply(out.clone(), residual, frame_major)
+    torch.autograd.backward([y, pooled], [grad_y, grad_pooled])
+    got = out.grad, residual.grad
+    out.grad = residual.grad = None
+    y_ref = torch.relu(as_clip(out) + residual[:, :, None, None, None])
+    torch.autograd.backward([y_ref, y_ref.mean((2, 3, 4))], [as_clip(grad_y), grad_pooled])
+    torch.testing.assert_close(as_clip(y.detach()), y_ref.detach())
+    torch.testing.assert_close(pooled, y_ref.mean((2, 3, 4)))
+    torch.testing.assert_close(got[0], out.grad)
+    torch.testing.assert_close(got[1], residual.grad)
+    assert got[0].is_contiguous(memory_format=torch.channels_last if frame_major
+                                else torch.channels_last_3d)

@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--crops", type=int, default=None, choices=[1, 3])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--memory-format", default="auto",
+                        choices=["auto", "channels_last", "contiguous"],
+                        help="activations' layout (default auto: channels-last on the CPU, "
+                             "where it is faster)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document: [{video, predictions: [{class, "
                              "probability}]}]")
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise LgdnetError(f"--top must be at least 1, got {args.top}")
     predictor = load_predictor(args.checkpoint, device=args.device, views=args.views,
-                               crops=args.crops, precision=args.precision)
+                               crops=args.crops, precision=args.precision,
+                               memory_format=args.memory_format)
     results = []
     for video in args.videos:
         predictions = predictor.predict(video, top_k=args.top)

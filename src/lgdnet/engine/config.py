@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from lgdnet.errors import ConfigError
+from lgdnet.models.layout import MEMORY_FORMATS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -122,6 +123,9 @@ class RunConfig:
     # let cuDNN time its convolution algorithms for each new input shape (CUDA): faster for
     # the fixed training crops; switch off when the shapes keep changing
     cudnn_benchmark: bool = True
+    # activations' memory layout (lgdnet.models.layout): "auto" (channels-last on the CPU and
+    # for bf16/fp16 on CUDA, contiguous for fp32 on CUDA), "channels_last" or "contiguous"
+    memory_format: str = "auto"
     tensorboard: bool = False  # also write TensorBoard events (needs `tensorboard`)
     log_every: int = 10  # a log line every N optimiser steps when no progress bar is shown
     progress: bool = True  # progress bars (on a terminal, rank 0 only)
@@ -397,6 +401,7 @@ def validate_config(config: Config) -> None:
         (config.run.device in ("auto", "cpu", "cuda") or config.run.device.startswith("cuda:"),
          "run.device", "'auto', 'cpu' or 'cuda'"),
         (config.run.log_every > 0, "run.log_every", "> 0"),
+        (config.run.memory_format in MEMORY_FORMATS, "run.memory_format", f"one of {MEMORY_FORMATS}"),
     ]
     for ok, key, expected in checks:
         if not ok:

@@ -37,6 +37,7 @@ from lgdnet.engine.loop import (  # noqa: F401  (re-exported: the loop's public 
     validate_one_view,
 )
 from lgdnet.errors import ConfigError
+from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
 
 @dataclass
@@ -117,6 +118,7 @@ def fit_stage(
     epochs, lr, lr_step = stage_settings(optim, stage)
     micro, accumulation = batch_plan(ctx.batch_size, optim.micro_batch_size, dist.world_size)
     model.to(device)
+    to_memory_format(model, resolve_memory_format(config.run.memory_format, device, optim.precision))
     net = model
     if dist.is_distributed:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -8,6 +8,7 @@
 * :mod:`~lgdnet.models.init`: scratch and ImageNet initialisation (Sec. 5.2).
 * :mod:`~lgdnet.models.factory`: the registry, :func:`create_model`, :func:`list_models`.
 * :mod:`~lgdnet.models.fusion`: BatchNorm folded into convolutions for inference.
+* :mod:`~lgdnet.models.layout`: channels-last or contiguous activations.
 """
 
 from torch import nn
@@ -21,6 +22,12 @@ from lgdnet.models.heads import (
     stage_loss,
 )
 from lgdnet.models.init import LoadReport, init_scratch, load_imagenet_2d
+from lgdnet.models.layout import (
+    MEMORY_FORMATS,
+    is_channels_last,
+    resolve_memory_format,
+    to_memory_format,
+)
 from lgdnet.models.lgd_block import (
     DIFFUSIONS,
     LGDBlock,
@@ -38,7 +45,11 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
+    "MEMORY_FORMATS",
     "fold_batchnorm",
+    "is_channels_last",
+    "resolve_memory_format",
+    "to_memory_format",
     "DIFFUSIONS",
     "LGD2D",
     "LGD3D",

@@ -67,6 +67,16 @@ class LowRankLinear(nn.Module):
         return self.expand(self.reduce(v))
 
 
+def spread(v: torch.Tensor) -> torch.Tensor:
+    """US: an ``(N, C)`` vector as an ``(N, C, 1, 1, 1)`` view that broadcasts over positions.
+
+    Made contiguous first: a transposed vector (``mm`` outputs and gradients can be) has
+    stride 1 along N, and an element-wise kernel broadcasting it walks the map with N
+    innermost, 25x slower on a ``channels_last_3d`` map.
+    """
+    return v.contiguous()[:, :, None, None, None]
+
+
 def global_average(x: torch.Tensor) -> torch.Tensor:
     """P: the average over T x H x W, ``(N, C, T, H, W) -> (N, C)``.
 
@@ -77,6 +87,27 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
     return x.sum((2, 3, 4)) / x[0, 0].numel()
 
 
+def _clip_view(frames: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(N*T, C, H, W) -> (N, T, C, H, W)``, a view of frame-major maps."""
+    return frames.view(batch, frames.shape[0] // batch, *frames.shape[1:])
+
+
+def frame_major_base(out: torch.Tensor) -> torch.Tensor | None:
+    """The fresh ``(N*T, C, H, W)`` tensor of which ``out`` is exactly the ``(N, C, T, H, W)``
+    view (``view(N, T, C, H, W).transpose(1, 2)``, how LGD-2D's units return per-frame maps),
+    or ``None`` when ``out`` is anything else."""
+    base = out._base
+    if base is None or base.dim() != 4 or out.dim() != 5:
+        return None
+    n, _, t = out.shape[:3]
+    if base.shape[0] != n * t:
+        return None
+    candidate = _clip_view(base, n).transpose(1, 2)
+    same = (candidate.shape == out.shape and candidate.stride() == out.stride()
+            and candidate.storage_offset() == out.storage_offset())
+    return base if same else None
+
+
 class _ResidualReLUPool(torch.autograd.Function):
     """``y = ReLU(out + US(r))`` (Eq. 2) and ``P(y)`` (Eq. 3) as one autograd node.
 
@@ -85,21 +116,40 @@ class _ResidualReLUPool(torch.autograd.Function):
     buffer (the ReLU mask is applied in place) and ``dL/dr`` as its sum over positions. This
     is where the diffusion's cost in a training step goes (benchmarks/RESULTS.md), and the
     fusion halves the passes over the full-size map. Not twice differentiable.
+
+    ``out`` is either a clip map ``(N, C, T, H, W)`` or, with ``frame_major``, LGD-2D's
+    per-frame maps ``(N*T, C, H, W)`` (a clip view of those may not be modified in place by a
+    two-output Function; their base may). Memory layout: the (N, C) vectors are broadcast
+    contiguous (see :func:`spread`); the gradient buffer takes the layout of ``y`` (that of
+    the network's activations) whatever layout ``dL/dy`` arrives in.
     """
 
     @staticmethod
-    def forward(ctx, out: torch.Tensor, residual: torch.Tensor):  # type: ignore[override]
-        y = out.add_(residual[:, :, None, None, None]).relu_()
+    def _views(t: torch.Tensor, v: torch.Tensor, frame_major: bool):
+        """``t`` as clips, ``v`` broadcast over its positions, and the positions' dims."""
+        if frame_major:
+            return _clip_view(t, v.shape[0]), v.contiguous()[:, None, :, None, None], (1, 3, 4)
+        return t, spread(v), (2, 3, 4)
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, residual: torch.Tensor, frame_major: bool = False):  # type: ignore[override]
+        clips, broadcast, dims = _ResidualReLUPool._views(out, residual, frame_major)
+        clips.add_(broadcast).relu_()
         ctx.mark_dirty(out)
-        ctx.save_for_backward(y)
-        return y, y.mean((2, 3, 4))
+        ctx.save_for_backward(out)
+        ctx.frame_major = frame_major
+        return out, clips.mean(dims)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, grad_pooled: torch.Tensor):  # type: ignore[override]
         (y,) = ctx.saved_tensors
-        grad = grad_y + (grad_pooled / y[0, 0].numel()).to(grad_y.dtype)[:, :, None, None, None]
+        grad = torch.empty_like(y, dtype=grad_y.dtype)  # y's layout
+        spread_pooled = (grad_pooled / (y.numel() // grad_pooled.numel())).to(grad_y.dtype)
+        clips, broadcast, dims = _ResidualReLUPool._views(grad, spread_pooled, ctx.frame_major)
+        grad_y_clips = _clip_view(grad_y.reshape(grad.shape), clips.shape[0]) if ctx.frame_major else grad_y
+        torch.add(grad_y_clips, broadcast, out=clips)
         torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
-        return grad, grad.sum((2, 3, 4))
+        return grad, clips.sum(dims), None
 
 
 class LGDBlock(nn.Module):
@@ -175,21 +225,29 @@ class LGDBlock(nn.Module):
         self, x: torch.Tensor, g: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.local_unit(x)  # F(x_{l-1}) = branch + shortcut, a fresh tensor
+        # LGD-2D's units return a clip view of frame-major maps: in-place work goes to those
+        # maps themselves (in place on the view, autograd would copy the whole gradient)
+        frames = frame_major_base(out)
         if self.diffusion == "none":
+            if frames is not None:
+                return _clip_view(F.relu(frames, inplace=True), out.shape[0]).transpose(1, 2), g
             return F.relu(out, inplace=True), g
         if g is None:
             raise ValueError("an LGD block needs the global vector g_{l-1}")
         if self.diffusion == "v2":
             gate = torch.sigmoid(self.global_to_local(g))
-            out = F.relu(out * gate[:, :, None, None, None], inplace=True)  # Eq. (9)
+            out = F.relu(out * spread(gate), inplace=True)  # Eq. (9)
             pooled = global_average(out)  # P(x_l)
         elif out._base is None:
             # Eq. (2) with P(x_l) of Eq. (3) fused into one node (see _ResidualReLUPool)
             out, pooled = _ResidualReLUPool.apply(out, self.global_to_local(g))
+        elif frames is not None:
+            # the same on LGD-2D's frame-major maps
+            frames, pooled = _ResidualReLUPool.apply(frames, self.global_to_local(g), True)
+            out = _clip_view(frames, out.shape[0]).transpose(1, 2)
         else:
-            # the same on a view (LGD-2D's units return a (N, C, T, H, W) view of frame-major
-            # maps, which a two-output Function may not modify in place)
-            out += self.global_to_local(g)[:, :, None, None, None]  # Eq. (2): US broadcasts
+            # any other view: unfused
+            out += spread(self.global_to_local(g))  # Eq. (2): US broadcasts
             out = F.relu(out, inplace=True)
             pooled = global_average(out)  # P(x_l)
         if self.diffusion == "v1":

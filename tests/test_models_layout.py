@@ -1,0 +1,109 @@
+"""Memory layout: channels-last networks compute what contiguous ones compute, end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lgdnet.models import (
+    create_model,
+    is_channels_last,
+    resolve_memory_format,
+    stage_loss,
+    to_memory_format,
+)
+
+CLIPS = {"3d": (2, 3, 8, 64, 64), "2d": (2, 3, 3, 64, 64)}  # x_L of 2x2 positions or more
+
+
+def _pair(name: str, diffusion: str, stage: int = 1):
+    """The same network twice (same weights), the second converted to channels-last."""
+    torch.manual_seed(0)
+    model = create_model(name, 5, base_width=4, diffusion=diffusion)
+    if stage == 2:
+        model.to_stage2(sketch_dim=64)
+    twin = create_model(name, 5, base_width=4, diffusion=diffusion)
+    if stage == 2:
+        twin.to_stage2(sketch_dim=64)
+    twin.load_state_dict(model.state_dict())
+    return model, to_memory_format(twin, "channels_last")
+
+
+def test_conversion_of_weights_and_back():
+    model = create_model("lgd2d_tiny", 5)
+    conv = model.conv1.weight
+    assert not is_channels_last(model)
+    to_memory_format(model, "channels_last")
+    assert model.conv1.weight is conv  # same Parameter, new storage layout
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert is_channels_last(model)
+    # vectors (BatchNorm, the low-rank projections) keep their layout
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() < 4)
+    model3d = to_memory_format(create_model("lgd3d_tiny", 5), "channels_last")
+    weights = [p for p in model3d.parameters() if p.dim() == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    to_memory_format(model3d, "contiguous")
+    assert all(p.is_contiguous() for p in model3d.parameters())
+    with pytest.raises(ValueError, match="unknown memory format 'nhwc'"):
+        to_memory_format(model, "nhwc")
+
+
+def test_auto_layout_by_device_and_precision():
+    assert resolve_memory_format("auto", "cpu") == "channels_last"
+    assert resolve_memory_format("auto", torch.device("cpu"), "bf16") == "channels_last"
+    assert resolve_memory_format("auto", "cuda", "fp32") == "contiguous"
+    assert resolve_memory_format("auto", "cuda:0", "bf16") == "channels_last"
+    assert resolve_memory_format("auto", "cuda", "fp16") == "channels_last"
+    assert resolve_memory_format("contiguous", "cpu") == "contiguous"
+    assert resolve_memory_format("channels_last", "cuda") == "channels_last"
+    with pytest.raises(ValueError, match="expected one of"):
+        resolve_memory_format("fast", "cpu")
+
+
+@pytest.mark.parametrize(
+    "name, diffusion, stage",
+    [("lgd3d_tiny", "lgd", 1), ("lgd3d_tiny", "v1", 1), ("lgd3d_tiny", "v2", 1),
+     ("lgd3d_tiny", "none", 1), ("lgd2d_tiny", "lgd", 1), ("lgd2d_tiny", "none", 1),
+     ("lgd2d_tiny", "v2", 1), ("lgd3d_tiny", "lgd", 2)],
+)
+def test_channels_last_forward_and_gradients_match(name, diffusion, stage):
+    model, twin = _pair(name, diffusion, stage)
+    kind = "3d" if "3d" in name else "2d"
+    clips = torch.randn(*CLIPS[kind], generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([1, 3])
+    model.train()
+    twin.train()
+    expected, got = model(clips), twin(clips)
+    # the layout reaches the last block's map: every convolution returned a channels-last map
+    local = twin.forward_features(clips)[0]
+    fmt = torch.channels_last_3d
+    if kind == "2d":  # a clip view of (N*T, C, H, W) per-frame maps
+        local = local.transpose(1, 2).flatten(0, 1)
+        fmt = torch.channels_last
+    assert local.is_contiguous(memory_format=fmt) and not local.is_contiguous()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    stage_loss(expected, labels).backward()
+    stage_loss(got, labels).backward()
+    twins = dict(twin.named_parameters())
+    # relative to each gradient's largest entry; stage 2's Tensor Sketch (a product of two
+    # FFT projections) amplifies the convolutions' different rounding to ~1e-3
+    tolerance = 1e-4 if stage == 1 else 3e-3
+    for param_name, param in model.named_parameters():
+        other = twins[param_name].grad
+        assert other is not None, param_name
+        error = (other - param.grad).abs().max() / param.grad.abs().max().clamp_min(1e-6)
+        assert error < tolerance, (param_name, error.item())
+
+
+def test_channels_last_state_dict_loads_into_a_contiguous_model():
+    _, twin = _pair("lgd3d_tiny", "lgd")
+    fresh = create_model("lgd3d_tiny", 5, base_width=4)
+    fresh.load_state_dict(twin.state_dict())
+    assert all(p.is_contiguous() for p in fresh.parameters())
+    clips = torch.randn(*CLIPS["3d"])
+    twin.eval()
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(clips)["logits"], twin(clips)["logits"],
+                                   rtol=1e-4, atol=1e-5)
