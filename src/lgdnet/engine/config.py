@@ -78,6 +78,9 @@ class DataConfig:
     flow_stack: int | None = None  # flow frames stacked per 2D segment (None: 5)
     horizontal_flip: bool | None = None  # None: flip (Sec. 5.2); false for mirror-sensitive classes
     num_workers: int = 2
+    # keep the training loader's workers from one epoch to the next (lgdnet.engine.stage_loader);
+    # false starts them anew every epoch
+    persistent_workers: bool = True
     on_error: str = "skip"
     # test views decoded together (one loader item): bounds evaluation memory whatever the
     # number of views (0: all the views of a video at once)

@@ -36,6 +36,7 @@ from lgdnet.engine.loop import (  # noqa: F401  (re-exported: the loop's public 
     train_one_epoch,
     validate_one_view,
 )
+from lgdnet.engine.stage_loader import StageLoader
 from lgdnet.errors import ConfigError
 from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
@@ -147,15 +148,14 @@ def fit_stage(
         ctx.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
         seed=config.run.seed + stage, drop_last=False)
     show_bar = config.run.progress and dist.is_main and is_tty()
+    # one loader for the whole stage, its workers started once (lgdnet.engine.stage_loader)
+    stage_loader = StageLoader(ctx.train_set, micro, config.data.num_workers,
+                               collate_fn=collate_train, pin_memory=device.type == "cuda",
+                               persistent=config.data.persistent_workers)
     for epoch in range(state.epoch + 1, epochs + 1):
         sampler.set_epoch(epoch)
-        if hasattr(ctx.train_set, "set_epoch"):
-            ctx.train_set.set_epoch(epoch)
         start_batch = state.batches_done
-        order = list(sampler)[start_batch * micro:]
-        loader = torch.utils.data.DataLoader(
-            ctx.train_set, batch_size=micro, sampler=order, num_workers=config.data.num_workers,
-            collate_fn=collate_train, pin_memory=device.type == "cuda")
+        loader = stage_loader.epoch(epoch, list(sampler)[start_batch * micro:])
         progress = EpochState(batches_done=start_batch, global_step=state.global_step,
                               totals=dict(state.epoch_totals))
         # the loader's worker seeds come from torch's generator: make them a function of the
@@ -177,6 +177,7 @@ def fit_stage(
                 step_seed=(config.run.seed, stage, dist.rank), progress=show_bar,
                 description=f"stage {stage} epoch {epoch}/{epochs}")
         except BaseException:
+            stage_loader.close()
             # never lose the work: keep how far this epoch got, then let the error through
             state.global_step, state.batches_done = progress.global_step, progress.batches_done
             state.epoch_totals = progress.totals
@@ -221,6 +222,7 @@ def fit_stage(
             _save(ctx, f"stage{stage}_best", model, state, None)
         _save(ctx, f"stage{stage}_last", model, state, training_state())
         distributed.barrier()
+    stage_loader.close()
     return state
 
 
