@@ -20,7 +20,7 @@ from lgdnet.models import (
     to_memory_format,
 )
 from lgdnet.models.init import init_scratch
-from lgdnet.models.lgd_block import _ResidualReLUPool, frame_major_base
+from lgdnet.models.lgd_block import _ResidualReLUPool, add_relu_, frame_major_base
 from lgdnet.models.units import to_clip
 
 VARIANTS = ("lgd", "v1", "v2", "none")
@@ -219,3 +219,15 @@ def test_fused_node_with_transposed_vectors_and_channels_last_maps(frame_major):
     torch.testing.assert_close(got[1], residual.grad)
     assert got[0].is_contiguous(memory_format=torch.channels_last if frame_major
                                 else torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("other_dtype", [torch.float32, torch.bfloat16])
+def test_add_relu_in_place_for_every_dtype_pair(dtype, other_dtype):
+    """The fused kernel where it applies, the two-op form elsewhere: the same values, in place."""
+    x = torch.randn(2, 4, 3, 5, 5, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    other = torch.randn(4, 2, dtype=other_dtype).t()[:, :, None, None, None]
+    expected = torch.relu(x.double() + other.double()).to(dtype)
+    result = add_relu_(x, other)
+    assert result.data_ptr() == x.data_ptr() and result.dtype == dtype
+    torch.testing.assert_close(result, expected)

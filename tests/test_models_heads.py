@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lgdnet.models import TensorSketch, create_model, stage_loss
+from lgdnet.models.heads import rfft
 
 
 def sketches(c: int, d: int, seeds: range) -> list[TensorSketch]:
@@ -160,3 +161,17 @@ def test_to_stage2_keeps_the_backbone():
     torch.testing.assert_close(after[0], before[0])
     assert model.stage2_args["sketch_dim"] == 32
     assert model(x)["logits"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("n", [8, 9, 16])
+def test_real_fft_backward_is_the_adjoint(n):
+    """The sketch's rfft (one inverse real FFT in backward) against gradcheck and against
+    PyTorch's own backward, for even and odd lengths."""
+    x = torch.randn(3, 2, n, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(rfft, (x,))
+    grad = torch.randn(3, 2, n // 2 + 1, dtype=torch.complex128)
+    (ours,) = torch.autograd.grad(rfft(x), x, grad)
+    (theirs,) = torch.autograd.grad(torch.fft.rfft(x), x, grad)
+    torch.testing.assert_close(ours, theirs)
+    with torch.no_grad():
+        torch.testing.assert_close(rfft(x), torch.fft.rfft(x))

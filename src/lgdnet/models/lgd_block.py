@@ -87,6 +87,18 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
     return x.sum((2, 3, 4)) / x[0, 0].numel()
 
 
+def add_relu_(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``x = ReLU(x + other)`` in place, in one pass over ``x`` where PyTorch has the fused
+    kernel (``aten::_add_relu_``, which the TorchScript fuser uses) and in two otherwise."""
+    if (_ADD_RELU is not None and x.device.type == "cpu" and x.dtype == other.dtype
+            and x.dtype in (torch.float32, torch.float64)):  # the kernel's types
+        return _ADD_RELU(x, other)
+    return x.add_(other).relu_()
+
+
+_ADD_RELU = getattr(torch.ops.aten, "_add_relu_", None)
+
+
 def _clip_view(frames: torch.Tensor, batch: int) -> torch.Tensor:
     """``(N*T, C, H, W) -> (N, T, C, H, W)``, a view of frame-major maps."""
     return frames.view(batch, frames.shape[0] // batch, *frames.shape[1:])
@@ -134,7 +146,7 @@ class _ResidualReLUPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: torch.Tensor, residual: torch.Tensor, frame_major: bool = False):  # type: ignore[override]
         clips, broadcast, dims = _ResidualReLUPool._views(out, residual, frame_major)
-        clips.add_(broadcast).relu_()
+        add_relu_(clips, broadcast)
         ctx.mark_dirty(out)
         ctx.save_for_backward(out)
         ctx.frame_major = frame_major
