@@ -2,12 +2,13 @@
 
 * Whole networks: ``lgd3d_r50`` vs ``p3d_r50`` and ``lgd2d_r50`` vs ``tsn_r50`` at batch 4 and
   the paper's inputs, training step and inference, measured as interleaved pairs (median of
-  per-pair ratios). Target: at most 1.03 for the 3D training step. The 3D training comparison
-  has two more arms: ``lgd3d_r50`` with the prototype blocks of ``bench_lgd_block``.
+  per-pair ratios), in the library's default memory layout (``run.memory_format="auto"``);
+  the 3D pair also in the other layout. Target: at most 1.03 for the 3D training step. On
+  CUDA the 3D pair also runs replayed as CUDA graphs and at batch 16.
 * A profile (``torch.profiler``) of one training step of each network of the 3D pair: per-op
   self CPU time of the LGD network minus that of the baseline, i.e. where the extra time goes.
 * Block level (``bench_lgd_block``): one LGD block against the same residual unit without
-  diffusion, and prototypes of faster block implementations.
+  diffusion, in both layouts, with the memory traffic of each.
 
 Run alone: ``python benchmarks/bench_diffusion.py [--quick] [--pairs 12]``.
 """
@@ -175,7 +176,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Profile (`torch.profiler`, self CPU time per op) of {p['steps']} training step(s) at "
-        f"batch {p['batch']}, `{p['lgd']}` against `{p['baseline']}`: total "
+        f"batch {p['batch']} in the default layout, `{p['lgd']}` against `{p['baseline']}`: total "
         f"{p['total_lgd_s']:.2f} s vs {p['total_baseline_s']:.2f} s per step. Ops that the LGD "
         f"network calls more often (its extra work) add {p['extra_ops_diff_s'] * 1e3:+.0f} ms; "
         f"ops called equally often (same work: convolutions, BatchNorm, ...) differ by "
@@ -194,17 +195,19 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         "What the extra ops are (forward and backward of Eq. 2-3 in every block): the library's "
         "LGD block runs the broadcast add of the global residual US(W^{x,g} g), the ReLU and "
-        "the pool P(x_l) as one autograd node (`_ResidualReLUPool`): its forward adds in "
-        "place and pools (one read-write and one read pass over x_l); its backward adds the "
-        "spread gradient of P to dL/dx_l in one new buffer (`aten::add`), applies the ReLU "
-        "mask in place and reduces over positions for W^{x,g} (`aten::sum`); "
-        "`aten::mm`/`aten::t`/`MmBackward0` are the low-rank projections (negligible); "
-        "`aten::mul_`/`aten::add_`/`aten::copy_` also grow with the SGD update of the 96 extra "
-        "weight tensors. The block-level arms below compare it (`lgd`) with earlier eager "
-        "forms: `lgd_sumpool` (add, ReLU, then pool as `sum / M`) and the `lgd_fused` "
-        "prototype the library adopted. The remaining full-size work (broadcast add, pool, "
-        "gradient accumulation, reduction: 6 map passes in the counted traffic below) could "
-        "only be folded into the plain block's own passes by a fused kernel.",
+        "the pool P(x_l) as one autograd node (`_ResidualReLUPool`): its forward adds and "
+        "applies the ReLU in one in-place pass (`aten::_add_relu_`, the pass the plain block "
+        "spends on its ReLU) and pools (`aten::sum`/`mean`, one read pass over x_l); its "
+        "backward adds the spread gradient of P to dL/dx_l in one new buffer (`aten::add`), "
+        "applies the ReLU mask in place (where the plain block's ReLU backward writes a new "
+        "buffer) and reduces over positions for W^{x,g} (`aten::sum`); `aten::mm`/`aten::t`/"
+        "`MmBackward0` are the low-rank projections; `aten::mul_`/`aten::add_`/`aten::copy_` "
+        "also grow with the SGD update of the 96 extra weight tensors. What is left over the "
+        "plain block is three passes over each block's output map (the pool, the gradient "
+        "add, the gradient's reduction), which eager PyTorch cannot fold into the block's own "
+        "passes; the reductions over positions run 2-3 times slower on channels-last maps "
+        "than on contiguous ones, while the convolutions run much faster, so the ratio is "
+        "higher in the (faster) channels-last layout. Only a fused kernel would remove them.",
     ]
     lines += ["", bench_lgd_block.to_markdown(result["block"])]
     return "\n".join(lines)
