@@ -4,11 +4,11 @@ glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) 
 ``mmap`` and unmaps it on ``free``. A 3D network's feature maps are far larger, so on the CPU
 every forward and backward pass maps new pages and the kernel zero-fills each one on first
 touch: measured on 2 cores (``benchmarks/allocator_results.md``), ``lgd3d_r50`` inference at batch 8
-took about 2.3 times as long, and a training step about 1.4 times as long, as with the
+took about 2.2 times as long, and a training step about 1.3 times as long, as with the
 blocks kept in the heap. :func:`keep_freed_memory` tells glibc to take large blocks from
 the heap and not to trim it, the effect of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``
 set before the process starts. The cost is memory: the process keeps its peak heap (about
-a sixth more peak resident memory for ``lgd3d_r50``; ``benchmarks/bench_allocator.py``).
+a fifth more peak resident memory for ``lgd3d_r50``; ``benchmarks/bench_allocator.py``).
 
 The ``lgdnet`` command calls it at start-up unless ``LGDNET_KEEP_FREED_MEMORY=0``; Python
 API users call it themselves. Elsewhere than glibc (macOS, musl, Windows) it does nothing.
