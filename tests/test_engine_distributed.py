@@ -29,6 +29,18 @@ def test_single_process_needs_no_launcher(monkeypatch):
     distributed.cleanup()
 
 
+def test_cleanup_meets_at_a_barrier_only_on_the_normal_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.cleanup()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    distributed.cleanup(synchronize=False)  # after an error: no barrier the others may not reach
+    assert calls == ["destroy"]
+
+
 def test_shard_indices_cover_everything_once_without_padding():
     shards = [distributed.shard_indices(10, rank=r, world_size=3) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]

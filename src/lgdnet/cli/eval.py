@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
     context = distributed.init_distributed(args.device)
+    finished = False
     try:
         weights, _ = checkpoint_paths(args.checkpoint)
         model, config, classes = load_model(weights, context.device)
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                       f"(listed in {out_dir / 'bad_files.txt'})")
             for kind, path in paths.items():
                 print(f"{kind.replace('_', ' ')}: {path}")
+        finished = True
     finally:
-        distributed.cleanup()
+        distributed.cleanup(synchronize=finished)
     return 0

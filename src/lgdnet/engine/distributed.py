@@ -84,10 +84,20 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op in a single process)."""
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group (no-op in a single process).
+
+    With ``synchronize`` (the normal end of a run) the ranks first meet at a barrier, so that
+    none tears its communicators down while another still finishes the last collective
+    (gloo can abort a process at exit then). After an error pass ``False``: the other ranks
+    may be waiting in another collective, which a barrier would not match.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if synchronize:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def get_rank() -> int:

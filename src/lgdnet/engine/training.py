@@ -300,12 +300,15 @@ def train(config: Any, resume: bool | str | None = None) -> dict[str, Any]:
             raise KeyboardInterrupt(f"signal {signum}")
 
         previous = signal.signal(signal.SIGTERM, stop)
+    finished = False
     try:
-        return _train(config, dist, resume)
+        result = _train(config, dist, resume)
+        finished = True
+        return result
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        distributed.cleanup()
+        distributed.cleanup(synchronize=finished)
 
 
 def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str | None) -> dict[str, Any]:
