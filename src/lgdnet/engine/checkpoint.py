@@ -268,3 +268,21 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, unpickling refused, ...
         raise CheckpointError(f"{state_path}: cannot read training state ({error})") from None
+
+
+def find_resume_checkpoint(run_dir: Any, resume: bool | str) -> Any:
+    """The checkpoint to continue from: ``resume`` itself when it names a checkpoint, else
+    the latest ``stage{N}_last`` in the run directory ``resume`` names, or in ``run_dir``.
+
+    Raises:
+        CheckpointError: nothing to resume from.
+    """
+    if isinstance(resume, (str, Path)) and str(resume):
+        if not Path(resume).is_dir():
+            return checkpoint_paths(resume)[0]
+        run_dir = resume  # a run directory: its latest checkpoint
+    for name in ("stage2_last", "stage1_last"):
+        weights, _ = checkpoint_paths(Path(run_dir) / name)
+        if weights.is_file():
+            return weights
+    raise CheckpointError(f"{run_dir}: no stage1_last or stage2_last checkpoint to resume from")

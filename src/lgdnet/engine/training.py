@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lgdnet.engine import distributed
-from lgdnet.engine.checkpoint import set_rng_state
+from lgdnet.engine.checkpoint import find_resume_checkpoint, set_rng_state
 from lgdnet.engine.loop import (  # noqa: F401  (re-exported: the loop's public names)
     EpochState,
     autocast,
@@ -227,29 +227,6 @@ def fit_stage(
 
 
 # ---------------------------------------------------------------- the whole run
-
-
-def find_resume_checkpoint(run_dir: Any, resume: bool | str) -> Any:
-    """The checkpoint to continue from: ``resume`` itself when it names a checkpoint, else
-    the latest ``stage{N}_last`` in the run directory ``resume`` names, or in ``run_dir``.
-
-    Raises:
-        CheckpointError: nothing to resume from.
-    """
-    from pathlib import Path
-
-    from lgdnet.engine.checkpoint import checkpoint_paths
-    from lgdnet.errors import CheckpointError
-
-    if isinstance(resume, (str, Path)) and str(resume):
-        if not Path(resume).is_dir():
-            return checkpoint_paths(resume)[0]
-        run_dir = resume  # a run directory: its latest checkpoint
-    for name in ("stage2_last", "stage1_last"):
-        weights, _ = checkpoint_paths(Path(run_dir) / name)
-        if weights.is_file():
-            return weights
-    raise CheckpointError(f"{run_dir}: no stage1_last or stage2_last checkpoint to resume from")
 
 
 def _load_into(model: torch.nn.Module, path: Any) -> None:
