@@ -131,6 +131,14 @@ def test_zero_global_residual_reaches_the_diffusion_models_only(tmp_path: Path) 
     assert "global_residual_init" not in default["model"]["options"]
 
 
+def test_memory_format_reaches_the_run_config(tmp_path: Path) -> None:
+    data = _FakeData(tmp_path, tmp_path / "train.txt", tmp_path / "val.txt", tmp_path / "classes.txt")
+    for layout in ("auto", "contiguous"):
+        config = run_config(AblationSettings(memory_format=layout), RunSpec("3d", "lgd", 0), data,
+                            tmp_path)
+        assert config.run.memory_format == layout
+
+
 def _record(network: str, variant: str, seed: int, top1: float, kind: str = "stage1") -> dict:
     return {"kind": kind, "network": network, "variant": variant, "seed": seed,
             "name": RunSpec(network, variant, seed, kind).name, "metrics": {"top1": top1},

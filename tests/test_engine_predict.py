@@ -75,6 +75,15 @@ def test_views_option_changes_sampling(checkpoint):
     assert scores.shape == (len(CLASSES),) and scores.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_memory_format_option_gives_the_same_scores(checkpoint):
+    from lgdnet.models import is_channels_last
+
+    default = load_predictor(checkpoint, views=2)  # "auto": channels-last on the CPU
+    contiguous = load_predictor(checkpoint, views=2, memory_format="contiguous")
+    assert is_channels_last(default.model) and not is_channels_last(contiguous.model)
+    np.testing.assert_allclose(default.scores(HMDB), contiguous.scores(HMDB), atol=1e-5)
+
+
 def test_features_averaged_and_per_view(checkpoint):
     predictor = lgdnet.load(str(checkpoint))
     local, global_ = predictor.features(UCF)

@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--global-residual-init", choices=("xavier", "zero"), default=None,
                         help="initial W^{x,g} of the diffusion blocks: Xavier like every weight "
                              "(default, Sec. 5.2) or zero (the blocks start as the baseline's)")
+    parser.add_argument("--memory-format", default=None,
+                        choices=("auto", "channels_last", "contiguous"),
+                        help="activations' layout (default auto: channels-last on the CPU); the "
+                             "documented results were trained contiguous")
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained side by side in separate processes, one thread each "
                              "(default 2)")
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ABLATION_MODES["quick" if args.quick else "full"]
     changes = {name: getattr(args, name) for name in
                ("seeds", "epochs", "lr", "lr_step", "stage2_epochs", "clips_per_class", "networks",
-                "variants", "global_residual_init")
+                "variants", "global_residual_init", "memory_format")
                if getattr(args, name) is not None}
     try:
         settings = dataclasses.replace(settings, **changes)

@@ -81,6 +81,7 @@ class AblationSettings:
     networks: tuple[str, ...] = NETWORKS
     variants: tuple[str, ...] = VARIANTS
     global_residual_init: str = "xavier"  # or "zero": W^{x,g} starts at 0 (create_model)
+    memory_format: str = "auto"  # activations' layout (run.memory_format); same maths, other rounding
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.epochs < 1 or self.stage2_epochs < 0:
@@ -154,7 +155,7 @@ def run_config(settings: AblationSettings, spec: RunSpec, data: Any, runs_dir: P
         # no validation during training: the held-out clips are scored once, at the end
         "run": {"out_dir": str(runs_dir / spec.name), "seed": spec.seed, "stages": stages,
                 "device": "cpu", "eval_every": 0, "final_eval": True, "progress": False,
-                "log_every": 10**6},
+                "log_every": 10**6, "memory_format": settings.memory_format},
     })
 
 
