@@ -288,3 +288,54 @@ def test_metrics_logger_restart_drops_records_after_the_checkpoint(tmp_path):
     assert lines[0].startswith("stage,epoch,lr,loss,global_loss,local_loss") and len(lines) == 3
     png = plot_training_curves(epochs, tmp_path / "curves.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("layout, channels_last", [("auto", True), ("contiguous", False)])
+def test_training_runs_in_the_configured_memory_layout(two_class_dataset, tmp_path, monkeypatch,
+                                                       layout, channels_last):
+    """run.memory_format reaches the network being trained ("auto" is channels-last on the
+    CPU), with loader workers kept across the epochs; checkpoints load either way."""
+    from lgdnet.models import is_channels_last
+
+    seen = []
+    real = training.train_one_epoch
+
+    def spy(net, *args, **kwargs):
+        seen.append(is_channels_last(net))
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", spy)
+    config = tiny(two_class_dataset, tmp_path / "run", "run.stages=[1]", "data.num_workers=2",
+                  f"run.memory_format={layout}")
+    training.train(config)
+    assert seen == [channels_last, channels_last]  # both epochs
+    model, _, _ = load_model(tmp_path / "run" / "stage1_last")
+    assert not is_channels_last(model)
+
+
+def test_unknown_memory_format_is_a_config_error(two_class_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="run.memory_format"):
+        tiny(two_class_dataset, tmp_path / "run", "run.memory_format=nhwc")
+
+
+def test_persistent_workers_skip_bad_files_among_real_clips(two_class_dataset, tmp_path):
+    """A missing file, a zero-byte file and a real UCF101 clip in the training list: the
+    loader's workers, kept across epochs, skip the two broken ones every epoch and the run
+    finishes both epochs."""
+    from pathlib import Path
+
+    empty = tmp_path / "empty.avi"
+    empty.touch()
+    real = Path(__file__).parent / "data" / "clips" / "v_SoccerJuggling_g23_c01.avi"
+    train_list = tmp_path / "train.txt"
+    lines = Path(two_class_dataset.train_list).read_text().splitlines()
+    root = Path(two_class_dataset.train_list).parent
+    lines = [f"{root / line.split()[0]} {line.split()[1]}" for line in lines if line.strip()]
+    lines += [f"{tmp_path / 'missing.avi'} 0", f"{empty} 1", f"{real} 0"]
+    train_list.write_text("\n".join(lines) + "\n")
+    config = tiny(two_class_dataset, tmp_path / "run", "run.stages=[1]", "data.num_workers=2",
+                  f"data.train_list={train_list}", "data.on_error=skip")
+    result = training.train(config)
+    history = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in history if r.get("stage") == 1] == [1, 2], result
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
