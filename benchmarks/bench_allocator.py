@@ -1,4 +1,4 @@
-"""CPU allocation: ``lgd3d_r50`` with and without ``keep_freed_memory`` (lgdnet.engine.allocator).
+"""CPU allocation: ``lgd3d_r50`` with and without ``keep_freed_memory`` (lgdnet.allocator).
 
 Each setting runs in fresh processes (the allocator's state is per process), alternating
 ``off, on, off, on, ...``; each process times an inference pass at batch 8 and a training
@@ -29,7 +29,7 @@ CHILD = """
 import json, resource, statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 from workloads import Workload, build_model, make_batch, inference_fn, train_step_fn
-from lgdnet.engine.allocator import keep_freed_memory
+from lgdnet.allocator import keep_freed_memory
 applied = keep_freed_memory()
 cpu = torch.device("cpu")
 def median_time(fn):

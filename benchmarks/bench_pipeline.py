@@ -215,7 +215,7 @@ if __name__ == "__main__":
 
         from run_all import build_parser, options_from_args
 
-        from lgdnet.engine.allocator import keep_freed_memory
+        from lgdnet.allocator import keep_freed_memory
 
         keep_freed_memory()
         args = build_parser().parse_args([a for a in sys.argv[1:] if a != "--pipeline-json"])

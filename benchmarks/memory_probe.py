@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workloads import Workload, num_parameters, prepare  # noqa: E402
 
-from lgdnet.engine.allocator import keep_freed_memory  # noqa: E402
+from lgdnet.allocator import keep_freed_memory  # noqa: E402
 
 MIB = 2**20
 

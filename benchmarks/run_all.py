@@ -42,7 +42,7 @@ from harness import (  # noqa: E402
     utc_now,
 )
 
-from lgdnet.engine.allocator import keep_freed_memory  # noqa: E402
+from lgdnet.allocator import keep_freed_memory  # noqa: E402
 
 SECTIONS = ("models", "diffusion", "efficiency", "sketch", "pipeline")
 # Execution order: the headline comparisons first, so a run cut short still has them.
@@ -177,7 +177,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Inference runs in eval mode under `torch.inference_mode`; a training step is forward "
         "+ `stage_loss` + backward + SGD (momentum) step. Random inputs, 400 classes. "
         + ("Large CPU buffers are kept for reuse, as the `lgdnet` command runs "
-           "(`lgdnet.engine.allocator.keep_freed_memory`); peak memory is measured in fresh "
+           "(`lgdnet.allocator.keep_freed_memory`); peak memory is measured in fresh "
            "processes with glibc's default allocation, i.e. the working memory."
            if report["settings"].get("keep_freed_memory") else
            "glibc's default allocation (large buffers mapped anew each time)."),
@@ -204,7 +204,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    # as the lgdnet command does at start-up (lgdnet.engine.allocator)
+    # as the lgdnet command does at start-up (lgdnet.allocator)
     kept = keep_freed_memory()
     opts = options_from_args(args)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lgdnet.cli import main
-from lgdnet.engine.ablation import (
+from lgdnet.apps.ablation import (
     ABLATION_MODES,
     VARIANT_LABELS,
     AblationSettings,

@@ -47,7 +47,7 @@ def test_load_model_rebuilds_from_the_safetensors_file_alone(tmp_path, stage):
     assert config == CONFIG and classes == CLASSES
     x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
-        expected, actual = model(x)["logits"], loaded(x)["logits"]
+        expected, actual = model(x), loaded(x)
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
     metadata = ckpt.read_metadata(tmp_path / "run" / "best")  # the bare name works too
     assert metadata["epoch"] == 4 and metadata["stage"] == stage
@@ -57,7 +57,7 @@ def test_load_model_rebuilds_from_the_safetensors_file_alone(tmp_path, stage):
 def test_training_state_round_trip_with_weights_only(tmp_path):
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.randn(2, 3, 8, 32, 32))["logits"].sum().backward()
+    model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

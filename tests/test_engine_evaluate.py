@@ -12,6 +12,7 @@ from torch import nn
 
 from lgdnet.engine.evaluate import evaluate, save_evaluation, score_views, view_features
 from lgdnet.engine.metrics import load_scores
+from lgdnet.errors import ConfigError
 
 NUM_CLASSES = 5
 
@@ -34,8 +35,8 @@ class TinyVideoNet(nn.Module):
         local = torch.relu(self.norm(self.conv(x)))
         return local, local.mean((2, 3, 4))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.fc(self.forward_features(x)[1])}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x)[1])
 
 
 class ViewDataset(torch.utils.data.Dataset):
@@ -64,12 +65,12 @@ def make_model(seed: int = 0) -> TinyVideoNet:
 def test_scores_are_softmax_averaged_over_views():
     model = make_model().eval()
     views = torch.randn(6, 3, 4, 8, 8)
-    expected = torch.softmax(model(views)["logits"], dim=1).mean(0)
+    expected = torch.softmax(model(views), dim=1).mean(0)
     scores = score_views(model, views, views_per_chunk=4)
     torch.testing.assert_close(scores, expected.detach())
     assert scores.sum().item() == pytest.approx(1.0, abs=1e-5)
     # averaging probabilities is not softmax of averaged logits
-    not_expected = torch.softmax(model(views)["logits"].mean(0), dim=0)
+    not_expected = torch.softmax(model(views).mean(0), dim=0)
     assert not torch.allclose(scores, not_expected.detach())
 
 
@@ -149,7 +150,7 @@ def test_bf16_precision_close_to_fp32():
     full = evaluate(model, dataset, progress=False)
     half = evaluate(model, dataset, precision="bf16", progress=False)
     np.testing.assert_allclose(half.scores, full.scores, atol=0.05)
-    with pytest.raises(ValueError, match="unknown precision"):
+    with pytest.raises(ConfigError, match="unknown precision"):
         evaluate(model, dataset, precision="int3", progress=False)
 
 
@@ -233,5 +234,5 @@ def test_split_views_skip_broken_videos(clips_dir, tmp_path):
     assert max(counted) <= 8 and sum(counted) == 20 + 3 * 20
     whole = VideoDataset([records[0]], spec, mode="test")[0]["video"]
     with torch.no_grad():
-        expected = torch.softmax(model.eval()(whole)["logits"], 1).mean(0).numpy()
+        expected = torch.softmax(model.eval()(whole), 1).mean(0).numpy()
     np.testing.assert_allclose(result.scores[0], expected, rtol=1e-4, atol=1e-6)

@@ -62,7 +62,7 @@ def test_load_predict_matches_manual_view_average(checkpoint):
     views = predictor.load_views(UCF)
     assert views.shape == (3, 3, 4, 32, 43)  # 240x320 -> shorter side 32 (42.7), whole frame
     with torch.no_grad():
-        expected = torch.softmax(predictor.model(views)["logits"], dim=1).mean(0)
+        expected = torch.softmax(predictor.model(views), dim=1).mean(0)
     for name, probability in predictions:
         assert probability == pytest.approx(expected[CLASSES.index(name)].item(), abs=1e-5)
     assert len(predictor.predict(UCF, top_k=100)) == len(CLASSES)

@@ -20,20 +20,32 @@ from lgdnet.models import (
     to_memory_format,
 )
 from lgdnet.models.init import init_scratch
-from lgdnet.models.lgd_block import _ResidualReLUPool, add_relu_, frame_major_base
-from lgdnet.models.units import to_clip
+from lgdnet.models.lgd_block import _ResidualReLUPool, add_relu_
+from lgdnet.models.units import to_clip, to_frames
 
 VARIANTS = ("lgd", "v1", "v2", "none")
 
 
 def make_block(
-    diffusion: str, c_in: int = 4, width: int = 2, rank_ratio: int = 4, unit_type=P3DBottleneck
+    diffusion: str, c_in: int = 4, width: int = 2, rank_ratio: int = 4, unit_type=P3DBottleneck,
+    epilogue: str = "fused",
 ) -> LGDBlock:
     torch.manual_seed(0)
     unit = unit_type(c_in, width, stride=1)
-    block = LGDBlock(unit, c_in, width * 4, diffusion, rank_ratio)
+    layout = "frames" if unit_type is FrameBottleneck else "clips"
+    block = LGDBlock(unit, c_in, width * 4, diffusion, rank_ratio, layout=layout,
+                     epilogue=epilogue)
     init_scratch(block)
     return block
+
+
+def block_input(block: LGDBlock, x: torch.Tensor) -> torch.Tensor:
+    """A clip map in the block's layout: frame-major ``(N*T, C, H, W)`` for ``"frames"``."""
+    return to_frames(x) if block.layout == "frames" else x
+
+
+def as_clip_map(block: LGDBlock, y: torch.Tensor, n: int) -> torch.Tensor:
+    return to_clip(y, n) if block.layout == "frames" else y
 
 
 def project(lowrank: nn.Module, v: torch.Tensor) -> torch.Tensor:
@@ -42,15 +54,20 @@ def project(lowrank: nn.Module, v: torch.Tensor) -> torch.Tensor:
     return v @ w.T
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("epilogue", ["fused", "plain"])
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
 @pytest.mark.parametrize("diffusion", VARIANTS)
-def test_block_matches_the_equations(diffusion, unit_type, memory_format):
-    block = to_memory_format(make_block(diffusion, unit_type=unit_type).eval(), memory_format)
-    x = torch.randn(2, 4, 3, 5, 5)
+def test_block_matches_the_equations(diffusion, unit_type, memory_format, epilogue, grad):
+    """Every code path (fused node in training, in place without autograd, plain formula)
+    computes Eq. (2)-(3), (8), (9) as written, in either map layout."""
+    block = make_block(diffusion, unit_type=unit_type, epilogue=epilogue).eval()
+    to_memory_format(block, memory_format)
+    x = block_input(block, torch.randn(2, 4, 3, 5, 5))
     g = torch.randn(2, 4)
     with torch.no_grad():
-        f = block.local_unit(x)  # F(x_{l-1}), branch + shortcut
+        f = as_clip_map(block, block.local_unit(x), 2)  # F(x_{l-1}), branch + shortcut
         if diffusion == "none":
             x_ref, g_ref = F.relu(f), g
         elif diffusion == "v2":
@@ -65,24 +82,29 @@ def test_block_matches_the_equations(diffusion, unit_type, memory_format):
             g_ref = F.relu(
                 project(block.local_to_global, pooled) + project(block.global_to_global, g)
             )  # Eq. (3)
-        x_out, g_out = block(x, g)
-    torch.testing.assert_close(x_out, x_ref)
+    with torch.set_grad_enabled(grad):
+        x_out, g_out = block(x.requires_grad_(grad).clone() if grad else x, g)
+    torch.testing.assert_close(as_clip_map(block, x_out, 2), x_ref)
+    assert x_out.dim() == x.dim()  # in the block's layout
     if diffusion == "none":
         assert g_out is g
     else:
         torch.testing.assert_close(g_out, g_ref)
 
 
+@pytest.mark.parametrize("epilogue", ["fused", "plain"])
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
 @pytest.mark.parametrize("diffusion", VARIANTS)
-def test_gradcheck_float64_block(diffusion, unit_type, memory_format):
+def test_gradcheck_float64_block(diffusion, unit_type, memory_format, epilogue):
     """gradcheck through the in-place additions, w.r.t. inputs and the projection weights."""
-    block = make_block(diffusion, c_in=4, width=2, unit_type=unit_type).double()
+    block = make_block(diffusion, c_in=4, width=2, unit_type=unit_type, epilogue=epilogue)
+    block = block.double()
     to_memory_format(block, memory_format)
     params = {n: p.detach() for n, p in block.named_parameters()}
     proj_names = [n for n in params if n.startswith(("global_to", "local_to"))]
-    x = torch.randn(2, 4, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    x = block_input(block, torch.randn(2, 4, 2, 2, 2, dtype=torch.float64))
+    x.requires_grad_(True)
     g = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     weights = [params[n].clone().requires_grad_(True) for n in proj_names]
 
@@ -157,10 +179,26 @@ def test_module_swaps_reach_the_local_unit():
             calls.append(v.shape)
             return self.inner(v)
 
-    block.bn1 = Spy(block.bn1)
+    block.local_unit.bn1 = Spy(block.local_unit.bn1)
     block(x, g)
     assert len(calls) == 1
-    assert "bn1.inner.weight" in dict(block.named_parameters())
+    assert "local_unit.bn1.inner.weight" in dict(block.named_parameters())
+
+
+def test_the_local_unit_is_an_ordinary_child():
+    """``modules()`` yields the units, so an ``isinstance`` initialisation reaches them, and
+    ``train()``/``eval()`` need no override."""
+    model = create_model("lgd3d_tiny", num_classes=3)
+    units = [m for m in model.modules() if isinstance(m, P3DBottleneck)]
+    assert len(units) == 4 and all(isinstance(b.local_unit, P3DBottleneck)
+                                   for b in model.modules() if isinstance(b, LGDBlock))
+    for unit in units:
+        nn.init.zeros_(unit.bn3.weight)  # the zero-init-residual trick, as users write it
+    assert all(float(b.local_unit.bn3.weight.detach().abs().sum()) == 0
+               for b in model.modules() if isinstance(b, LGDBlock))
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    assert "layer1.0.local_unit.conv1.weight" in model.state_dict()
 
 
 def test_deepcopy_and_train_flag():
@@ -169,23 +207,36 @@ def test_deepcopy_and_train_flag():
     x, g = torch.randn(2, 4, 2, 3, 3), torch.randn(2, 4)
     clone.eval()
     block.eval()
-    assert not clone.local_unit.training and not clone.bn1.training
+    assert not clone.local_unit.training and not clone.local_unit.bn1.training
     torch.testing.assert_close(clone(x, g)[0], block(x, g)[0])
     with torch.no_grad():
-        clone.conv1.weight.add_(1.0)  # the copy's unit must use the copy's layers only
+        clone.local_unit.conv1.weight.add_(1.0)  # the copy's unit must use the copy's layers
     assert not torch.allclose(clone(x, g)[0], block(x, g)[0])
     torch.testing.assert_close(block(x, g)[0], make_block("lgd").eval()(x, g)[0])
 
 
-def test_frame_major_maps_are_found_only_for_exact_clip_views():
-    """LGD-2D's units return a clip view of (N*T, C, H, W) maps; the block works on those maps
-    (in place) and on nothing else that merely has a base."""
-    frames = torch.randn(6, 4, 5, 5)
-    assert frame_major_base(to_clip(frames, 2)) is frames
-    assert frame_major_base(frames) is None  # not a view
-    assert frame_major_base(to_clip(frames, 2)[:, :2]) is None  # a slice of the clip view
-    assert frame_major_base(frames.view(2, 3, 4, 5, 5)) is None  # no transpose: (N, T, C, ...)
-    assert frame_major_base(torch.randn(2, 4, 3, 5, 5).transpose(3, 4)) is None
+class ClipFrameBottleneck(FrameBottleneck):
+    """The same 2D bottleneck taking and returning clip maps (N, C, T, H, W) (a fresh tensor,
+    as the block's contract asks)."""
+
+    def forward(self, x):
+        return to_clip(super().forward(to_frames(x)), x.shape[0]).contiguous()
+
+
+@pytest.mark.parametrize("diffusion", VARIANTS)
+def test_frames_layout_equals_the_clip_layout(diffusion):
+    """LGD-2D's frame-major blocks compute what a clip-layout block around the same per-frame
+    unit computes: P averages over each clip's T frames, not over the N*T batch."""
+    frames_block = make_block(diffusion, unit_type=FrameBottleneck).train()
+    clips_block = LGDBlock(ClipFrameBottleneck(4, 2), 4, 8, diffusion, 4, layout="clips")
+    clips_block.load_state_dict(frames_block.state_dict())
+    clips_block.train()
+    x, g = torch.randn(2, 4, 3, 5, 5), torch.randn(2, 4)
+    y_frames, g_frames = frames_block(to_frames(x).requires_grad_(), g)
+    y_clips, g_clips = clips_block(x.clone().requires_grad_(), g)
+    torch.testing.assert_close(to_clip(y_frames, 2), y_clips)
+    if diffusion != "none":
+        torch.testing.assert_close(g_frames, g_clips)
 
 
 @pytest.mark.parametrize("frame_major", [False, True])
@@ -207,7 +258,8 @@ def test_fused_node_with_transposed_vectors_and_channels_last_maps(frame_major):
         return to_clip(y, n) if frame_major else y
 
     out = pre.clone().requires_grad_()
-    y, pooled = _ResidualReLUPool.apply(out.clone(), residual, frame_major)
+    y, pooled = _ResidualReLUPool.apply(out.clone(), residual,
+                                        "frames" if frame_major else "clips")
     torch.autograd.backward([y, pooled], [grad_y, grad_pooled])
     got = out.grad, residual.grad
     out.grad = residual.grad = None

@@ -38,14 +38,14 @@ def test_every_model_accepts_flow_input(name):
         kind = create_model(name, num_classes=4).kind
         channels = flow_channels(kind, 5)
         model = create_model(name, num_classes=4, in_channels=channels)
-        out = model(torch.empty(2, channels, *model.default_input_size))
+        out = model.forward_parts(torch.empty(2, channels, *model.default_input_size))
         assert model.in_channels == channels and model.conv1.weight.shape[1] == channels
         assert {key: tuple(v.shape) for key, v in out.items()} == {
             "logits": (2, 4), "global_logits": (2, 4), "local_logits": (2, 4)}
         with pytest.raises(RuntimeError):  # an RGB clip no longer fits the flow stem
             model(torch.empty(2, 3, *model.default_input_size))
         model.to_stage2(sketch_dim=64)
-        assert tuple(model(torch.empty(2, channels, *model.default_input_size))["logits"].shape) \
+        assert tuple(model(torch.empty(2, channels, *model.default_input_size)).shape) \
             == (2, 4)
 
 
@@ -54,7 +54,8 @@ def write_rgb_resnet(path: Path) -> dict[str, torch.Tensor]:
     ImageNet-style 1000-way ``fc``), standing in for ImageNet weights."""
     torch.manual_seed(3)
     net = create_model("tsn_tiny", num_classes=7)
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    state = {k.replace(".local_unit.", "."): v  # torchvision's names
+             for k, v in net.state_dict().items() if not k.startswith("head.")}
     state["fc.weight"] = torch.randn(1000, net.feature_dim)
     state["fc.bias"] = torch.zeros(1000)
     torch.save(state, path)
@@ -82,7 +83,8 @@ def test_config_builds_flow_model_with_cross_modality_init(tmp_path, name):
         torch.testing.assert_close(conv1[:, channel], averaged)
     assert not torch.allclose(saved["conv1.weight"][:, 0], averaged)  # averaging did something
     assert model.init_report.missing == [] and model.init_report.unexpected == []
-    torch.testing.assert_close(model.layer2[0].bn1.running_var, saved["layer2.0.bn1.running_var"])
+    torch.testing.assert_close(model.layer2[0].local_unit.bn1.running_var,
+                               saved["layer2.0.bn1.running_var"])
 
 
 def write_flow_folder(folder: Path, vertical: float, num_frames: int, seed: int) -> Path:
@@ -132,7 +134,7 @@ def test_tiny_flow_model_trains_on_flow_folders(tmp_path, name, spec):
     losses = []
     for step in range(6):
         optimizer.zero_grad()
-        loss = stage_loss(model(batch["video"]), batch["label"])  # Eq. (6)
+        loss = stage_loss(model.forward_parts(batch["video"]), batch["label"])  # Eq. (6)
         loss.backward()
         if step == 0:
             grad = model.conv1.weight.grad

@@ -45,7 +45,8 @@ def test_folded_network_computes_the_same(name, frames, channels, stage):
     clips = torch.randn(2, channels, frames, 32, 32)
     model.eval()
     with torch.no_grad():
-        expected, got = model(clips), folded(clips)
+        expected, got = model.forward_parts(clips), folded.forward_parts(clips)
+    torch.testing.assert_close(folded(clips), model(clips), rtol=1e-4, atol=1e-5)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     # the features of the local and global paths are preserved too (feature extraction)
@@ -65,7 +66,7 @@ def test_inplace_and_parameter_names():
     # parameter changed its name
     folded_names = {n for n, _ in model.named_parameters()}
     assert names - norm_names <= folded_names and not norm_names & folded_names
-    assert "conv1.bias" in folded_names and "layer1.0.conv2_t.bias" in folded_names
+    assert "conv1.bias" in folded_names and "layer1.0.local_unit.conv2_t.bias" in folded_names
 
 
 def test_batchnorm_without_statistics_is_refused():

@@ -100,7 +100,7 @@ def test_every_parameter_gets_a_gradient_in_both_stages(name, diffusion):
         if stage == 2:
             model.to_stage2(sketch_dim=128)
         model.zero_grad(set_to_none=True)
-        outputs = model(x)
+        outputs = model.forward_parts(x)
         assert set(outputs) == ({"logits", "global_logits", "local_logits"} if stage == 1
                                 else {"logits"})  # fmt: skip
         stage_loss(outputs, target).backward()
@@ -111,8 +111,10 @@ def test_every_parameter_gets_a_gradient_in_both_stages(name, diffusion):
 
 def test_stage1_logits_are_the_mean_of_the_two_classifiers():
     model = create_model("lgd3d_tiny", num_classes=5).eval()
-    out = model(clip_for(model))
+    x = clip_for(model)
+    out = model.forward_parts(x)
     torch.testing.assert_close(out["logits"], (out["global_logits"] + out["local_logits"]) / 2)
+    torch.testing.assert_close(model(x), out["logits"])
 
 
 def test_state_dict_round_trip_with_sketch_buffers():
@@ -122,16 +124,16 @@ def test_state_dict_round_trip_with_sketch_buffers():
     )
     model.eval()
     x = clip_for(model)
-    expected = model(x)["logits"]
+    expected = model(x)
     assert "head.sketch.hash1" in model.state_dict() and "head.sketch.sign2" in model.state_dict()
 
     args = json.loads(json.dumps(model.build_args))  # survives a JSON trip (checkpoint metadata)
     rebuilt = create_model(**args)
     rebuilt.to_stage2(**{**model.stage2_args, "seed": 99})  # different hashes until loaded
     rebuilt.eval()
-    assert not torch.allclose(rebuilt(x)["logits"], expected)
+    assert not torch.allclose(rebuilt(x), expected)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
-    torch.testing.assert_close(rebuilt(x)["logits"], expected, rtol=0, atol=0)
+    torch.testing.assert_close(rebuilt(x), expected, rtol=0, atol=0)
 
 
 def test_to_dtype_keeps_sketch_buffers():
@@ -139,12 +141,12 @@ def test_to_dtype_keeps_sketch_buffers():
     x = clip_for(model)
     hashes = model.head.sketch.hash1.clone()
     signs = model.head.sketch.sign1.clone()
-    reference = model(x)["logits"]
+    reference = model(x)
     model.to(torch.float64)
     assert model.head.sketch.hash1.dtype == torch.int64
     assert torch.equal(model.head.sketch.hash1, hashes)
     assert torch.equal(model.head.sketch.sign1, signs.double())
-    out = model(x.double())["logits"]
+    out = model(x.double())
     assert out.dtype == torch.float64
     torch.testing.assert_close(out.float(), reference, rtol=1e-4, atol=1e-4)
 
@@ -160,7 +162,7 @@ def test_to_stage2_keeps_the_backbone():
         assert torch.equal(model.state_dict()[k], v), k
     torch.testing.assert_close(after[0], before[0])
     assert model.stage2_args["sketch_dim"] == 32
-    assert model(x)["logits"].shape == (2, 3)
+    assert model(x).shape == (2, 3)
 
 
 @pytest.mark.parametrize("n", [8, 9, 16])

@@ -12,6 +12,11 @@ from lgdnet.errors import CheckpointError
 from lgdnet.models import LGDBlock, create_model, load_imagenet_2d
 
 
+def torchvision_names(state: dict) -> dict:
+    """The project's names as torchvision's ResNet writes them (no ``local_unit.`` level)."""
+    return {k.replace(".local_unit.", "."): v for k, v in state.items()}
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
     """Non-trivial BN statistics so that the equivalence test exercises them."""
     gen = torch.Generator().manual_seed(seed)
@@ -30,7 +35,9 @@ def write_2d_resnet(path, name: str = "tsn_tiny", prefix: str = "", **options) -
     torch.manual_seed(1)
     net = create_model(name, num_classes=7, **options)
     randomise_batchnorm(net)
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    state = torchvision_names(
+        {k: v for k, v in net.state_dict().items() if not k.startswith("head.")})
+    assert "layer1.0.conv1.weight" in state
     state["fc.weight"] = torch.randn(1000, net.feature_dim)
     state["fc.bias"] = torch.zeros(1000)
     torch.save({prefix + k: v for k, v in state.items()}, path)
@@ -89,34 +96,37 @@ def test_imagenet_init_values(tmp_path):
     path = tmp_path / "resnet2d.pth"
     net2d = write_2d_resnet(path)
     model = create_model("lgd3d_tiny", num_classes=5, init="imagenet", pretrained=str(path))
-    source = net2d.state_dict()
+    source = torchvision_names(net2d.state_dict())
     torch.testing.assert_close(
-        model.layer3[0].conv2.weight[:, :, 0], source["layer3.0.conv2.weight"]
+        model.layer3[0].local_unit.conv2.weight[:, :, 0], source["layer3.0.conv2.weight"]
     )
-    assert model.layer3[0].conv2.weight.shape[2] == 1  # inflated to 1 x 3 x 3
-    temporal = model.layer1[0].conv2_t.weight  # (C, C, 3, 1, 1)
+    assert model.layer3[0].local_unit.conv2.weight.shape[2] == 1  # inflated to 1 x 3 x 3
+    temporal = model.layer1[0].local_unit.conv2_t.weight  # (C, C, 3, 1, 1)
     eye = torch.eye(temporal.shape[0])
     torch.testing.assert_close(temporal[:, :, 1, 0, 0], eye)
     assert temporal[:, :, 0].abs().sum() == 0 and temporal[:, :, 2].abs().sum() == 0
     for block in (m for m in model.modules() if isinstance(m, LGDBlock)):
         assert block.global_to_local.expand.weight.abs().sum() == 0  # Sec. 5.2
         assert block.global_to_local.reduce.weight.abs().sum() > 0  # keeps a gradient path
-    assert "layer1.0.conv2_t.weight" in model.init_report.initialised
+    assert "layer1.0.local_unit.conv2_t.weight" in model.init_report.initialised
 
 
 def test_missing_and_unexpected_keys_are_reported_by_name(tmp_path):
     net = create_model("tsn_tiny", num_classes=3)
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    state = torchvision_names(
+        {k: v for k, v in net.state_dict().items() if not k.startswith("head.")})
     del state["layer2.0.conv1.weight"]
     state["layer9.0.conv1.weight"] = torch.zeros(1)
     path = tmp_path / "partial.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
     model = create_model("lgd3d_tiny", num_classes=3)
-    with pytest.warns(UserWarning, match=r"layer2\.0\.conv1\.weight.*layer9\.0\.conv1\.weight"):
+    with pytest.warns(UserWarning,
+                      match=r"layer2\.0\.local_unit\.conv1\.weight.*layer9\.0\.conv1\.weight"):
         report = load_imagenet_2d(model, path)
-    assert report.missing == ["layer2.0.conv1.weight"]
-    assert report.unexpected == ["layer9.0.conv1.weight"]
-    assert "layer1.0.conv1.weight" in report.loaded  # "module." stripped, container unwrapped
+    assert report.missing == ["layer2.0.local_unit.conv1.weight"]  # the model's name
+    assert report.unexpected == ["layer9.0.conv1.weight"]  # the file's name
+    # "module." stripped, container unwrapped, torchvision's name mapped
+    assert "layer1.0.local_unit.conv1.weight" in report.loaded
 
 
 def test_shape_mismatch_and_missing_file_name_the_file(tmp_path):

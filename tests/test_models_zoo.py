@@ -9,6 +9,7 @@ import torch
 
 import lgdnet
 from lgdnet.cli import main
+from lgdnet.models.network import unit_key
 from lgdnet.models import LGDNet, count_parameters, create_model, list_models
 
 # (default input (C, T, H, W), local map (C_L, T', H', W')): Table 1, Sec. 4.1-4.2, 5.2.
@@ -43,7 +44,8 @@ def test_shapes_at_paper_input_on_meta(name):
     local, global_ = model.forward_features(torch.empty(2, c, t, h, w, device="meta"))
     assert tuple(local.shape) == (2, *local_shape)
     assert tuple(global_.shape) == (2, local_shape[0]) and model.feature_dim == local_shape[0]
-    out = model(torch.empty(2, c, t, h, w, device="meta"))
+    assert tuple(model(torch.empty(2, c, t, h, w, device="meta")).shape) == (2, 11)
+    out = model.forward_parts(torch.empty(2, c, t, h, w, device="meta"))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "logits": (2, 11), "global_logits": (2, 11), "local_logits": (2, 11)}  # fmt: skip
 
@@ -64,7 +66,7 @@ def test_lgd2d_r50_real_forward():
     model = create_model("lgd2d_r50", num_classes=400).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 3, 224, 224))
-    assert out["logits"].shape == (1, 400) and torch.isfinite(out["logits"]).all()
+    assert out.shape == (1, 400) and torch.isfinite(out).all()
 
 
 def test_tiny_real_forward_any_frame_size():
@@ -96,12 +98,23 @@ def test_resnet50_2d_parameter_count_equals_torchvision():
 
 
 def test_torchvision_parameter_names():
+    """torchvision's ResNet names map onto the blocks' local units by :func:`unit_key`, and a
+    state dict in those names loads into the network by ``load_state_dict``."""
     with torch.device("meta"):
         names = set(create_model("lgd3d_r50", num_classes=3).state_dict())
     for key in ("conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer1.0.bn1.weight",
                 "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
                 "layer4.2.conv3.weight", "layer1.0.conv2_t.weight", "layer1.0.bn2_t.weight"):  # fmt: skip
-        assert key in names, key
+        assert unit_key(key) in names, key
+    assert unit_key("layer1.0.global_to_local.expand.weight") in names
+    assert unit_key("layer4.2.local_unit.conv3.weight") == "layer4.2.local_unit.conv3.weight"
+    model = create_model("tsn_tiny", num_classes=3)
+    flat = {k.replace(".local_unit.", "."): v + 1 for k, v in model.state_dict().items()}
+    assert "layer1.0.conv1.weight" in flat
+    other = create_model("tsn_tiny", num_classes=3)
+    other.load_state_dict(flat, strict=True)
+    torch.testing.assert_close(other.layer1[0].local_unit.conv1.weight,
+                               model.layer1[0].local_unit.conv1.weight + 1)
 
 
 def test_unknown_and_bad_options_are_named():

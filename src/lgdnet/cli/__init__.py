@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -36,10 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalHandler(logging.Handler):
+    """The library's INFO lines to ``sys.stdout``, warnings and errors to ``sys.stderr``,
+    each looked up at every record (so a redirected or captured stream receives them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # pragma: no cover - logging's own policy for broken streams
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """What the library logs reaches the terminal: the engine reports through ``logging``
+    (logger ``lgdnet``) and the command decides how it is shown."""
+    logger = logging.getLogger("lgdnet")
+    if not any(isinstance(h, _TerminalHandler) for h in logger.handlers):
+        logger.addHandler(_TerminalHandler())
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from lgdnet.engine.allocator import keep_freed_memory
+    configure_logging()
+    from lgdnet.allocator import keep_freed_memory
 
     keep_freed_memory()  # large CPU buffers reused, not re-mapped (LGDNET_KEEP_FREED_MEMORY=0: off)
     try:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import sys
 
-    from lgdnet.engine.ablation import ABLATION_MODES, run_ablation
+    from lgdnet.apps.ablation import ABLATION_MODES, run_ablation
 
     settings = ABLATION_MODES["quick" if args.quick else "full"]
     changes = {name: getattr(args, name) for name in

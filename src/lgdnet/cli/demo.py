@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lgdnet.engine.demo import run_demo
+    from lgdnet.apps.demo import run_demo
 
     mode = args.mode or ("quick" if args.quick else "full")
     previous = torch.get_num_threads()

@@ -175,9 +175,9 @@ def _check_flow_info(out_dir: Path, config: FlowExtractionConfig) -> None:
                 f"({', '.join(differing)} differ); use another --out or the same settings"
             )
         return
-    from lgdnet import __version__
+    from importlib.metadata import version  # the package's, without importing the models
 
-    write_atomically(info_path, json.dumps({**settings, "lgdnet": __version__}, indent=2) + "\n")
+    write_atomically(info_path, json.dumps({**settings, "lgdnet": version("lgdnet")}, indent=2) + "\n")
 
 
 def extract_flow_dataset(

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lgdnet.engine.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -52,14 +54,6 @@ class DistributedContext:
         return self.rank == 0
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
-
-
 def init_distributed(device: str = "auto") -> DistributedContext:
     """Join the process group started by ``torchrun`` (if any) and pick this process's device.
 
@@ -74,7 +68,7 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = _resolve_device(device, local_rank)
+    resolved = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
@@ -153,6 +147,22 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     return list(range(rank, n, world_size))
 
 
+class ForwardParts(torch.nn.Module):
+    """A network whose ``forward`` is its ``forward_parts``: the per-classifier logits the
+    stage loss needs (Eq. 6). Training calls this wrapper (and DDP wraps it), so the loss's
+    terms come out of the one forward pass that DDP synchronises, while the network's own
+    ``forward`` stays the plain logits."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.module.forward_parts(x)
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The network inside ``DistributedDataParallel`` and :class:`ForwardParts` wrappers."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, ForwardParts)):
+        model = model.module
+    return model

@@ -12,7 +12,6 @@ deduplicated by dataset index, so the metrics are the same on any number of proc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -32,25 +31,7 @@ from lgdnet.engine.metrics import (
     ranked_classes,
     save_scores,
 )
-
-_AUTOCAST_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-_FULL_PRECISION = {"fp32", "float32", "32", "none"}
-
-
-def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``"bf16"``/``"fp16"``; a no-op for ``"fp32"``."""
-    precision = str(precision).lower()
-    if precision in _FULL_PRECISION:
-        return contextlib.nullcontext()
-    if precision not in _AUTOCAST_DTYPES:
-        raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or fp16")
-    device_type = torch.device(device).type
-    return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPES[precision])
+from lgdnet.engine.runtime import autocast
 
 
 def _chunks(views: torch.Tensor, views_per_chunk: int) -> Iterator[torch.Tensor]:
@@ -71,7 +52,7 @@ def score_views(
     """Video-level score: the softmax probabilities of all views, averaged (Sec. 5.2).
 
     Args:
-        model: an LGD network in eval mode; ``model(x)["logits"]`` are the class scores
+        model: an LGD network in eval mode; ``model(x)`` are the class scores
             (stage 1: mean of the global and local logits; stage 2: combination classifier).
         views: all views of one video, on the model's device.
         views_per_chunk: the most views in one forward pass; bounds peak memory.
@@ -82,8 +63,8 @@ def score_views(
     """
     total = None
     for chunk in _chunks(views, views_per_chunk):
-        with autocast_context(views.device, precision):
-            logits = model(chunk)["logits"]
+        with autocast(views.device, precision):
+            logits = model(chunk)
         probabilities = torch.softmax(logits.float(), dim=1).sum(dim=0)
         total = probabilities if total is None else total + probabilities
     return total / views.shape[0]
@@ -105,7 +86,7 @@ def view_features(
     """
     local_parts, global_parts = [], []
     for chunk in _chunks(views, views_per_chunk):
-        with autocast_context(views.device, precision):
+        with autocast(views.device, precision):
             local, global_ = model.forward_features(chunk)
         local_parts.append(local.float())
         global_parts.append(global_.float())

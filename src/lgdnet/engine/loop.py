@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from lgdnet.engine import distributed
+from lgdnet.engine.runtime import autocast
 from lgdnet.errors import ConfigError
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -37,13 +36,6 @@ def seed_everything(seed: int) -> None:
 def derived_seed(*keys: int) -> int:
     """A 63-bit seed that is a function of ``keys`` only (e.g. seed, stage, rank, step)."""
     return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA) autocast; nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def batch_plan(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -121,7 +113,9 @@ def train_one_epoch(
     ``lgdnet.models.heads.stage_loss``: Eq. (6) in stage 1, Eq. (7) in stage 2.
 
     Args:
-        model: the network in its current stage (possibly DDP-wrapped).
+        model: the network in its current stage (any module with ``forward_parts``), or
+            that network already wrapped in :class:`~lgdnet.engine.distributed.ForwardParts`
+            and DDP, as :func:`~lgdnet.engine.stage.setup_stage` wraps it.
         loader: yields ``{"video": (N, C, T, H, W), "label": (N,)}`` micro-batches (or None).
         optimizer: steps once per group of ``accumulation`` micro-batches.
         device: where the model is.
@@ -147,6 +141,8 @@ def train_one_epoch(
     from lgdnet.models.heads import stage_loss
 
     state = state if state is not None else EpochState()
+    if not isinstance(model, (torch.nn.parallel.DistributedDataParallel, distributed.ForwardParts)):
+        model = distributed.ForwardParts(model)  # the per-classifier logits the loss needs
     model.train()
     total_batches = start_batch + len(loader)
     sums = {"loss": 0.0, "global_loss": 0.0, "local_loss": 0.0, "correct": 0.0, "clips": 0.0}
@@ -274,7 +270,7 @@ def validate_one_view(
             video = torch.stack([item["video"][0] for item in group]).to(device)
             labels = torch.tensor([int(item["label"]) for item in group], device=device)
             with autocast(device, precision):
-                logits = model(video)["logits"]
+                logits = model(video)
             correct += (logits.float().argmax(1) == labels).sum().item()
             total += len(group)
     correct, total = distributed.all_reduce_sum([correct, total], device=device)

@@ -24,13 +24,7 @@ import torch
 from torch import nn
 
 from lgdnet.engine.evaluate import score_views, view_features
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else as ``torch.device`` reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from lgdnet.engine.runtime import resolve_device
 
 
 def inference_sampling(

@@ -14,18 +14,15 @@ checkpoints of one stage) and :func:`train` (the whole run from a configuration)
 
 from __future__ import annotations
 
-import math
-import sys
-from dataclasses import dataclass, field
+import logging
 from typing import Any
 
 import torch
 
 from lgdnet.engine import distributed
-from lgdnet.engine.checkpoint import find_resume_checkpoint, set_rng_state
+from lgdnet.engine.checkpoint import find_resume_checkpoint
 from lgdnet.engine.loop import (  # noqa: F401  (re-exported: the loop's public names)
     EpochState,
-    autocast,
     batch_plan,
     collate_train,
     derived_seed,
@@ -36,194 +33,16 @@ from lgdnet.engine.loop import (  # noqa: F401  (re-exported: the loop's public 
     train_one_epoch,
     validate_one_view,
 )
-from lgdnet.engine.stage_loader import StageLoader
+from lgdnet.engine.stage import (  # noqa: F401  (re-exported)
+    StageContext,
+    StageRun,
+    StageState,
+    fit_stage,
+)
 from lgdnet.errors import ConfigError
-from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class StageState:
-    """What a checkpoint records about a stage in progress."""
-
-    stage: int
-    epoch: int = 0  # epochs completed
-    global_step: int = 0
-    batches_done: int = 0  # micro-batches done in epoch ``epoch + 1`` (an interrupted run)
-    epoch_totals: dict[str, float] = field(default_factory=dict)  # their loss sums etc.
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageState:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass
-class StageContext:
-    """The fixed inputs of :func:`fit_stage` (built once by :func:`train`)."""
-
-    config: Any  # lgdnet.engine.config.Config
-    dist: distributed.DistributedContext
-    train_set: torch.utils.data.Dataset
-    val_set: torch.utils.data.Dataset | None  # one view per video
-    classes: list[str]
-    run_dir: Any  # pathlib.Path
-    batch_size: int  # effective
-    logger: Any = None  # MetricsLogger on rank 0, else None
-
-
-def _save(ctx: StageContext, name: str, model: torch.nn.Module, state: StageState,
-          training: dict[str, Any] | None) -> None:
-    """Write checkpoint ``run_dir/name`` (rank 0 only)."""
-    from lgdnet.engine.checkpoint import rng_state, save_checkpoint
-    from lgdnet.engine.config import config_to_dict
-
-    if not ctx.dist.is_main:
-        return
-    training_state = None
-    if training is not None:
-        training_state = {**training, "progress": state.to_dict(), "rng": rng_state()}
-    save_checkpoint(ctx.run_dir / name, distributed.unwrap_model(model),
-                    config=config_to_dict(ctx.config), classes=ctx.classes, epoch=state.epoch,
-                    training_state=training_state)
-
-
-def fit_stage(
-    model: torch.nn.Module, stage: int, ctx: StageContext, resume: dict[str, Any] | None = None
-) -> StageState:
-    """Train ``model`` (already in stage ``stage``) for the stage's epochs (Sec. 4.3, 5.2).
-
-    Validates every ``run.eval_every`` epochs (one view per video) and writes the checkpoints
-    ``stage{N}_last`` (every epoch, with the training state) and ``stage{N}_best`` (the best
-    validation accuracy; the lowest training loss without a validation set). If training
-    stops with an exception or Ctrl-C, ``stage{N}_last`` is written first, recording how far
-    the epoch got, so ``--resume`` continues from there.
-
-    Args:
-        model: the network (not wrapped); moved to the device and wrapped in DDP here.
-        stage: 1 or 2.
-        ctx: datasets, configuration, output directory, distributed context.
-        resume: a training state loaded from ``stage{N}_last`` to continue from.
-
-    Returns:
-        The final :class:`StageState` (history of epoch records, best epoch).
-    """
-    from lgdnet.engine.config import stage_settings
-
-    config, dist, device = ctx.config, ctx.dist, ctx.dist.device
-    optim = config.optim
-    epochs, lr, lr_step = stage_settings(optim, stage)
-    micro, accumulation = batch_plan(ctx.batch_size, optim.micro_batch_size, dist.world_size)
-    model.to(device)
-    to_memory_format(model, resolve_memory_format(config.run.memory_format, device, optim.precision))
-    net = model
-    if dist.is_distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    # Sec. 5.2: plain SGD with momentum; a fresh optimiser for each stage (Sec. 4.3)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=optim.momentum,
-                                weight_decay=optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=optim.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type) if optim.precision == "fp16" else None
-    state = StageState(stage)
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        state = StageState.from_dict(resume["progress"])
-        set_rng_state(resume["rng"])
-
-    def training_state() -> dict[str, Any]:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}}
-
-    # the order of the clips depends on (seed, stage, epoch) only, so a resumed run sees
-    # the same batches; DistributedSampler gives each process its share
-    sampler = torch.utils.data.DistributedSampler(
-        ctx.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-        seed=config.run.seed + stage, drop_last=False)
-    show_bar = config.run.progress and dist.is_main and is_tty()
-    # one loader for the whole stage, its workers started once (lgdnet.engine.stage_loader)
-    stage_loader = StageLoader(ctx.train_set, micro, config.data.num_workers,
-                               collate_fn=collate_train, pin_memory=device.type == "cuda",
-                               persistent=config.data.persistent_workers)
-    for epoch in range(state.epoch + 1, epochs + 1):
-        sampler.set_epoch(epoch)
-        start_batch = state.batches_done
-        loader = stage_loader.epoch(epoch, list(sampler)[start_batch * micro:])
-        progress = EpochState(batches_done=start_batch, global_step=state.global_step,
-                              totals=dict(state.epoch_totals))
-        # the loader's worker seeds come from torch's generator: make them a function of the
-        # epoch, so a resumed run draws the same ones
-        torch.manual_seed(derived_seed(config.run.seed, stage, dist.rank, epoch))
-
-        def log_step(record: dict[str, float], epoch: int = epoch) -> None:
-            if ctx.logger is not None:
-                ctx.logger.log_step({"stage": stage, "epoch": epoch, **record})
-            if ctx.logger is not None and not show_bar and record["step"] % config.run.log_every == 0:
-                print(f"stage {stage} epoch {epoch}/{epochs} step {record['step']}: "
-                      f"loss {record['loss']:.4f} lr {record['lr']:.2e}", flush=True)
-
-        try:
-            metrics = train_one_epoch(
-                net, loader, optimizer, device=device, accumulation=accumulation,
-                precision=optim.precision, scaler=scaler, grad_clip=optim.grad_clip,
-                state=progress, start_batch=start_batch, on_step=log_step,
-                step_seed=(config.run.seed, stage, dist.rank), progress=show_bar,
-                description=f"stage {stage} epoch {epoch}/{epochs}")
-        except BaseException:
-            stage_loader.close()
-            # never lose the work: keep how far this epoch got, then let the error through
-            state.global_step, state.batches_done = progress.global_step, progress.batches_done
-            state.epoch_totals = progress.totals
-            with torch.no_grad():  # undo the forward passes after the last step
-                for name, buffer in model.named_buffers():
-                    if name in progress.buffers:
-                        buffer.copy_(progress.buffers[name])
-            try:
-                _save(ctx, f"stage{stage}_last", model, state, training_state())
-            except Exception as error:  # pragma: no cover - do not hide the original error
-                print(f"could not save stage{stage}_last: {error}", file=sys.stderr)
-            raise
-        state.global_step, state.batches_done, state.epoch_totals = progress.global_step, 0, {}
-        state.epoch = epoch
-        lr_now = optimizer.param_groups[0]["lr"]
-        scheduler.step()  # Sec. 5.2: divided by 10 every 20 epochs
-        # average over all processes, weighting by clips
-        keys = [k for k in ("loss", "global_loss", "local_loss", "accuracy") if k in metrics]
-        sums = distributed.all_reduce_sum(
-            [metrics[k] * metrics["clips"] for k in keys] + [metrics["clips"], metrics["clips_per_s"]],
-            device=device)
-        clips = max(sums[len(keys)], 1.0)
-        record: dict[str, Any] = {"stage": stage, "epoch": epoch, "lr": lr_now,
-                                  **{k: sums[i] / clips for i, k in enumerate(keys)},
-                                  "clips_per_s": sums[len(keys) + 1],
-                                  "seconds": metrics["seconds"], "steps": state.global_step}
-        every = config.run.eval_every
-        if ctx.val_set is not None and every and (epoch % every == 0 or epoch == epochs):
-            record["val_accuracy"] = validate_one_view(
-                model, ctx.val_set, device=device, batch_size=micro, precision=optim.precision,
-                num_workers=config.data.num_workers)
-        state.history.append(record)
-        if ctx.logger is not None:
-            ctx.logger.log_epoch(record)
-            print(epoch_line(record, epochs), flush=True)
-        if ctx.val_set is not None:
-            metric = record.get("val_accuracy", -math.inf)
-        else:
-            metric = -record["loss"]
-        if metric > state.best_metric:
-            state.best_metric, state.best_epoch = metric, epoch
-            _save(ctx, f"stage{stage}_best", model, state, None)
-        _save(ctx, f"stage{stage}_last", model, state, training_state())
-        distributed.barrier()
-    stage_loader.close()
-    return state
 
 
 # ---------------------------------------------------------------- the whole run
@@ -427,6 +246,7 @@ def _final_evaluation(model: torch.nn.Module, ctx: StageContext, stage: int) -> 
     if ctx.dist.is_main:
         save_evaluation(result, ctx.run_dir / f"stage{stage}_eval", ctx.classes,
                         config=config_to_dict(ctx.config), extra={"stage": stage})
-        print(f"stage {stage} evaluation ({dataset.spec.num_test_views * dataset.spec.test_crops} "
-              f"views per video): {format_metrics(result.metrics, len(ctx.classes))}", flush=True)
+        log.info("stage %d evaluation (%d views per video): %s", stage,
+                 dataset.spec.num_test_views * dataset.spec.test_crops,
+                 format_metrics(result.metrics, len(ctx.classes)))
     return dict(result.metrics)

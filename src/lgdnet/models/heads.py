@@ -19,15 +19,17 @@ from torch import nn
 class GlobalLocalHead(nn.Module):
     """Stage-1 head (Eq. 6): ``global_classifier(g_L)`` and ``local_classifier(P(x_L))``.
 
+    The prediction (``forward``) is the mean of the two classifiers' logits; training uses
+    both separately (:meth:`forward_parts`, the two terms of Eq. 6).
+
     Args:
         feature_dim: C_L, channels of x_L and g_L.
         num_classes: number of classes.
         dropout: dropout probability before both classifiers.
 
     Shape:
-        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> dict of ``(N, num_classes)``
-        tensors ``logits`` (mean of the two, for prediction), ``global_logits``,
-        ``local_logits``.
+        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> ``(N, num_classes)``;
+        ``pre_logits=True``: ``(N, 2 C_L)``, ``[g_L, P(x_L)]`` after dropout.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, dropout: float = 0.0) -> None:
@@ -36,7 +38,8 @@ class GlobalLocalHead(nn.Module):
         self.global_classifier = nn.Linear(feature_dim, num_classes)
         self.local_classifier = nn.Linear(feature_dim, num_classes)
 
-    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_parts(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"logits", "global_logits", "local_logits"}``: the prediction and both terms."""
         global_logits = self.global_classifier(self.dropout(global_))
         local_logits = self.local_classifier(self.dropout(local.mean((2, 3, 4))))  # P(x_L)
         return {
@@ -44,6 +47,13 @@ class GlobalLocalHead(nn.Module):
             "global_logits": global_logits,
             "local_logits": local_logits,
         }
+
+    def forward(
+        self, local: torch.Tensor, global_: torch.Tensor, pre_logits: bool = False
+    ) -> torch.Tensor:
+        if pre_logits:
+            return torch.cat([self.dropout(global_), self.dropout(local.mean((2, 3, 4)))], 1)
+        return self.forward_parts(local, global_)["logits"]
 
 
 class _RealFFT(torch.autograd.Function):
@@ -152,7 +162,8 @@ class CombinationClassifier(nn.Module):
         seed: seed of the sketch hashes (the local and global sketches share one phi).
 
     Shape:
-        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> ``{"logits": (N, num_classes)}``.
+        ``local: (N, C_L, T', H', W'), global: (N, C_L)`` -> ``(N, num_classes)``;
+        ``pre_logits=True``: ``(N, 2d)``, phi of Eq. (5) after dropout.
     """
 
     def __init__(
@@ -190,9 +201,15 @@ class CombinationClassifier(nn.Module):
                 parts = [F.normalize(p, dim=-1) for p in parts]
             return torch.cat(parts, dim=-1)
 
-    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.features(local, global_).to(self.classifier.weight.dtype)
-        return {"logits": self.classifier(self.dropout(features))}
+    def forward(
+        self, local: torch.Tensor, global_: torch.Tensor, pre_logits: bool = False
+    ) -> torch.Tensor:
+        features = self.dropout(self.features(local, global_).to(self.classifier.weight.dtype))
+        return features if pre_logits else self.classifier(features)
+
+    def forward_parts(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"logits"}``: Eq. (7) has one term."""
+        return {"logits": self.forward(local, global_)}
 
 
 def stage_loss(
@@ -205,7 +222,8 @@ def stage_loss(
     cross-entropy of the combination classifier's ``logits``.
 
     Args:
-        outputs: the dict returned by ``LGDNet.forward``.
+        outputs: the dict returned by ``LGDNet.forward_parts`` (the head's
+            ``forward_parts``).
         target: class indices ``(N,)`` (or class probabilities ``(N, K)``).
         label_smoothing: passed to ``F.cross_entropy``.
     """

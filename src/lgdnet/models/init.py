@@ -21,6 +21,7 @@ from torch import nn
 
 from lgdnet.errors import CheckpointError
 from lgdnet.models.lgd_block import LGDBlock
+from lgdnet.models.network import unit_key
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
@@ -85,9 +86,9 @@ class LoadReport:
 
     Attributes:
         path: the state-dict file.
-        loaded: model keys filled from the file.
+        loaded: model keys filled from the file (the model's names).
         missing: model keys of the backbone that the file lacked (left at their scratch init).
-        unexpected: file keys that match nothing in the model.
+        unexpected: file keys that match nothing in the model (the file's names).
         skipped: file keys deliberately not loaded (the ImageNet classifier ``fc``).
         initialised: model keys set by rule (temporal identity, projections, new head).
     """
@@ -149,7 +150,8 @@ def _fit_to(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 def load_imagenet_2d(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """ImageNet initialisation of an LGD network from a 2D ResNet state-dict file (Sec. 5.2).
 
-    Matching is by name (the networks use torchvision's names). Keys of the file's classifier
+    Matching is by name: torchvision's names, with each block's layers under its
+    ``local_unit`` (:func:`~lgdnet.models.network.unit_key`). Keys of the file's classifier
     (``fc``) are skipped, since the number of classes differs. The temporal convolutions become
     identities and ``W^{x,g}`` zero; every other parameter the file lacks keeps its current
     (scratch) value. Missing and unexpected keys are returned and warned about by name.
@@ -169,18 +171,19 @@ def load_imagenet_2d(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     own = model.state_dict()
     report = LoadReport(path=path)
     with torch.no_grad():
-        for key, value in state.items():
-            if key.startswith(_CLASSIFIER_PREFIXES):
-                report.skipped.append(key)
+        for source_key, value in state.items():
+            if source_key.startswith(_CLASSIFIER_PREFIXES):
+                report.skipped.append(source_key)
                 continue
+            key = unit_key(source_key)  # torchvision's layer1.0.conv1: layer1.0.local_unit.conv1
             target = own.get(key)
             if target is None or key.startswith("head."):
-                report.unexpected.append(key)
+                report.unexpected.append(source_key)
                 continue
             value = _fit_to(key, value, target)
             if value.shape != target.shape:
                 raise CheckpointError(
-                    f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
+                    f"{path}: {source_key} has shape {tuple(value.shape)}, the model expects "
                     f"{tuple(target.shape)} (a different ResNet depth or width?)"
                 )
             target.copy_(value)

@@ -8,6 +8,7 @@ global path is computed inside the network and the global vector is ``P(x_L)``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,18 +16,48 @@ import torch
 from torch import nn
 
 from lgdnet.models.heads import CombinationClassifier, GlobalLocalHead
-from lgdnet.models.lgd_block import LGDBlock, LGDStage, global_average
+from lgdnet.models.lgd_block import LGDBlock, LGDStage
 from lgdnet.models.units import EXPANSION, FrameBottleneck, P3DBottleneck, to_clip, to_frames
+
+# A block's own children; every other key under ``layerN.M.`` belongs to its local unit.
+_UNIT_KEY = re.compile(
+    r"^(layer\d+\.\d+\.)(?!local_unit\.|global_to_local\.|local_to_global\.|global_to_global\.)")
+
+
+def unit_key(key: str) -> str:
+    """The lgdnet name of a 2D ResNet (torchvision, timm) or lgdnet 0.1.0 parameter name.
+
+    Those name a block's layers directly (``layer1.0.conv1.weight``); here they belong to the
+    block's ``local_unit`` child (``layer1.0.local_unit.conv1.weight``). Other keys, and keys
+    already in this form, are returned unchanged.
+    """
+    return _UNIT_KEY.sub(r"\1local_unit.", key)
+
+
+def _load_unit_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: rename keys of the older layout (see :func:`unit_key`)
+    in place, so checkpoints written before the change and 2D ResNet state dicts load."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + unit_key(key[len(prefix):])
+        if new != key and new not in state_dict:
+            state_dict[new] = state_dict.pop(key)
 
 
 class LGDNet(nn.Module):
     """Base of the LGD networks: four LGD stages and the head (see docs/architecture.md).
 
+    The interface is timm's: ``model(x)`` returns the logits, ``forward_features(x)`` the
+    local map and global vector ``(x_L, g_L)``, ``forward_head(features)`` the logits from
+    them, ``reset_classifier(n)`` a new head for ``n`` classes. The logits are, in stage 1,
+    the mean of the global and the local classifier's (the two terms of Eq. 6, which
+    :meth:`forward_parts` returns separately for the loss), and in stage 2 those of the
+    combination classifier (Eq. 4-5).
+
     Attributes:
         kind: ``"2d"`` or ``"3d"``.
         stage: 1 (stage-1 head, Eq. 6) or 2 (combination classifier, Eq. 4-5, 7).
         num_classes, in_channels: as named.
-        feature_dim: C_L, the channels of x_L and g_L.
+        feature_dim, num_features: C_L, the channels of x_L and g_L.
         default_input_size: ``(T, H, W)`` of one training view.
         build_args: keyword arguments of ``create_model`` that rebuild the stage-1 network
             (set by the factory; never holds initialisation file paths).
@@ -37,6 +68,7 @@ class LGDNet(nn.Module):
 
     kind: str = ""
     unit: type[nn.Module] = nn.Module
+    layout: str = "clips"  # how the blocks hold maps (LGDBlock's ``layout``)
 
     def __init__(
         self,
@@ -49,6 +81,7 @@ class LGDNet(nn.Module):
         in_channels: int = 3,
         dropout: float = 0.0,
         default_input_size: tuple[int, int, int] = (16, 112, 112),
+        epilogue: str = "fused",
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -69,22 +102,28 @@ class LGDNet(nn.Module):
             for b in range(blocks):
                 stride = 2 if index > 0 and b == 0 else 1
                 unit = self.unit(channels, width, stride)
-                stage.append(LGDBlock(unit, channels, width * EXPANSION, diffusion, rank_ratio))
+                stage.append(LGDBlock(unit, channels, width * EXPANSION, diffusion, rank_ratio,
+                                      layout=self.layout, epilogue=epilogue))
                 channels = width * EXPANSION
             self.add_module(f"layer{index + 1}", LGDStage(*stage))
-        self.feature_dim = channels
+        self.feature_dim = self.num_features = channels
         self.head: nn.Module = GlobalLocalHead(channels, num_classes, dropout)
+        self.register_load_state_dict_pre_hook(_load_unit_keys)
 
     # -- the parts that differ between 2D and 3D -------------------------------------------
     def _build_stem(self, in_channels: int, width: int) -> None:
         raise NotImplementedError
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Input ``(N, C, T, H, W)`` -> x_1, the input of ``layer1``."""
+        """Input ``(N, C, T, H, W)`` -> x_1, the input of ``layer1`` in the blocks' layout."""
         raise NotImplementedError
 
     def between_res2_res3(self, x: torch.Tensor) -> torch.Tensor:
         """Hook between res2 and res3 (LGD-3D's pool2)."""
+        return x
+
+    def local_map(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """The last stage's output as x_L ``(N, C_L, T', H', W')``."""
         return x
 
     # -- shared -----------------------------------------------------------------------------
@@ -94,25 +133,84 @@ class LGDNet(nn.Module):
         Shape:
             ``(N, C, T, H, W) -> (N, C_L, T', H', W'), (N, C_L)``.
         """
+        batch = x.shape[0]
         x = self.stem(x)
-        g = None if self.diffusion == "none" else global_average(x)  # g_1 = P(x_1), Sec. 4.1
+        g = None
+        if self.diffusion != "none":  # g_1 = P(x_1), Sec. 4.1
+            g = self.local_map(x, batch).mean((2, 3, 4))
         x, g = self.layer1(x, g)
         x = self.between_res2_res3(x)
         x, g = self.layer2(x, g)
         x, g = self.layer3(x, g)
         x, g = self.layer4(x, g)
+        local = self.local_map(x, batch)
         if g is None:
-            g = x.mean((2, 3, 4))  # the baselines' global vector: P(x_L)
-        return x, g
+            g = local.mean((2, 3, 4))  # the baselines' global vector: P(x_L)
+        return local, g
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 1: ``{"logits", "global_logits", "local_logits"}``; stage 2: ``{"logits"}``.
+    def forward_head(
+        self, features: tuple[torch.Tensor, torch.Tensor], pre_logits: bool = False
+    ) -> torch.Tensor:
+        """Logits from ``forward_features``' ``(x_L, g_L)``; ``pre_logits`` returns the
+        classifier's input instead (stage 1: ``[g_L, P(x_L)]``; stage 2: phi of Eq. 5).
+
+        Shape:
+            ``(N, num_classes)``; ``pre_logits``: ``(N, 2 C_L)`` or ``(N, 2d)``.
+        """
+        local, global_ = features
+        return self.head(local, global_, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (see the class docstring).
+
+        Shape:
+            ``(N, C, T, H, W) -> (N, num_classes)``.
+        """
+        return self.forward_head(self.forward_features(x))
+
+    def forward_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the stage's loss needs (:func:`~lgdnet.models.heads.stage_loss`): ``logits``
+        and, in stage 1, ``global_logits`` and ``local_logits`` (the terms of Eq. 6).
 
         Shape:
             ``(N, C, T, H, W)`` -> ``(N, num_classes)`` tensors.
         """
-        local, global_ = self.forward_features(x)
-        return self.head(local, global_)
+        return self.head.forward_parts(*self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The head: :class:`GlobalLocalHead` (stage 1) or :class:`CombinationClassifier`."""
+        return self.head
+
+    def _place(self, head: nn.Module) -> nn.Module:
+        reference = self.conv1.weight
+        return head.to(device=reference.device, dtype=reference.dtype)
+
+    def _new_head(self, num_classes: int, dropout: float | None = None) -> nn.Module:
+        if dropout is None:
+            old = getattr(self.head, "dropout", None)
+            dropout = float(old.p) if isinstance(old, nn.Dropout) else 0.0
+        if self.stage == 2:
+            args = {**(self.stage2_args or {}), "dropout": dropout}
+            head: nn.Module = CombinationClassifier(self.feature_dim, num_classes, **args)
+            self.stage2_args = args
+        else:
+            head = GlobalLocalHead(self.feature_dim, num_classes, dropout)
+        for module in head.modules():  # Sec. 5.2: Xavier, zero biases
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        return self._place(head)
+
+    def reset_classifier(self, num_classes: int, dropout: float | None = None) -> None:
+        """A freshly initialised head of the current stage for ``num_classes`` classes
+        (fine-tuning); the backbone is kept. ``dropout`` ``None`` keeps the head's value.
+        Updates :attr:`num_classes` and :attr:`build_args`."""
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.head = self._new_head(num_classes, dropout)
+        self.num_classes = num_classes
+        if self.build_args:
+            self.build_args = {**self.build_args, "num_classes": num_classes}
 
     def to_stage2(
         self,
@@ -125,7 +223,7 @@ class LGDNet(nn.Module):
         """Swap in the combination classifier (Eq. 4-5) in place, keeping the backbone.
 
         The new classifier is Xavier-initialised with zero bias and placed on the device and
-        dtype of the backbone. Records the arguments in :attr:`stage2_args`.
+        dtype of the backbone. Records the arguments in :attr:`stage2_args`; returns ``self``.
 
         Args:
             sketch_dim: d of the Tensor Sketch (the classifier sees 2d features).
@@ -133,23 +231,10 @@ class LGDNet(nn.Module):
             dropout: before the linear layer; ``None`` keeps the stage-1 head's value.
             seed: seed of the sketch hashes.
         """
-        if dropout is None:
-            old = getattr(self.head, "dropout", None)
-            dropout = float(old.p) if isinstance(old, nn.Dropout) else 0.0
-        args = dict(
-            sketch_dim=sketch_dim,
-            signed_sqrt=signed_sqrt,
-            l2_normalize=l2_normalize,
-            dropout=dropout,
-            seed=seed,
-        )
-        head = CombinationClassifier(self.feature_dim, self.num_classes, **args)
-        nn.init.xavier_uniform_(head.classifier.weight)
-        nn.init.zeros_(head.classifier.bias)
-        reference = self.conv1.weight
-        self.head = head.to(device=reference.device, dtype=reference.dtype)
         self.stage = 2
-        self.stage2_args = args
+        self.stage2_args = dict(sketch_dim=sketch_dim, signed_sqrt=signed_sqrt,
+                                l2_normalize=l2_normalize, seed=seed)
+        self.head = self._new_head(self.num_classes, dropout)
         return self
 
 
@@ -205,6 +290,7 @@ class LGD2D(LGDNet):
 
     kind = "2d"
     unit = FrameBottleneck
+    layout = "frames"  # every block works on (N*T, C, H, W): one 2D batch of all frames
 
     def _build_stem(self, in_channels: int, width: int) -> None:
         self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
@@ -213,6 +299,8 @@ class LGD2D(LGDNet):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        frames = to_frames(x)  # (N*T, C, H, W); every later unit works on views of this layout
-        frames = self.maxpool(self.relu(self.bn1(self.conv1(frames))))
-        return to_clip(frames, x.shape[0])
+        frames = to_frames(x)  # (N*T, C, H, W), the layout of every block
+        return self.maxpool(self.relu(self.bn1(self.conv1(frames))))
+
+    def local_map(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        return to_clip(x, batch)

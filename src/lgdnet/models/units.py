@@ -5,7 +5,8 @@ residual and applies the ReLU, Eq. 2).
 * :class:`P3DBottleneck`: LGD-3D (Sec. 4.2, Table 1), the P3D-A bottleneck
   1x1x1 -> 1x3x3 -> 3x1x1 -> 1x1x1.
 * :class:`FrameBottleneck`: LGD-2D (Sec. 4.1), torchvision's 2D ResNet bottleneck applied to
-  every frame independently.
+  every frame independently, on frame-major maps ``(N*T, C, H, W)`` (the block's
+  ``layout="frames"``).
 
 Layer names follow torchvision's ``Bottleneck`` (``conv1``, ``bn1``, ``conv2``, ``bn2``,
 ``conv3``, ``bn3``, ``downsample.0``, ``downsample.1``) so 2D checkpoints map by name; the
@@ -22,11 +23,8 @@ EXPANSION = 4  # bottleneck output channels = 4 x width (ResNet-50/101)
 
 
 def to_frames(x: torch.Tensor) -> torch.Tensor:
-    """Fold time into the batch: ``(N, C, T, H, W) -> (N*T, C, H, W)``.
-
-    A view (no copy) when ``x`` came from :func:`to_clip`, which is how LGD-2D keeps its
-    per-frame maps between units.
-    """
+    """Fold time into the batch: ``(N, C, T, H, W) -> (N*T, C, H, W)`` (a copy unless ``x``
+    is a :func:`to_clip` view)."""
     n, c, t, h, w = x.shape
     return x.transpose(1, 2).reshape(n * t, c, h, w)
 
@@ -81,7 +79,7 @@ class P3DBottleneck(nn.Module):
 
 
 class FrameBottleneck(nn.Module):
-    """torchvision's 2D ResNet ``Bottleneck`` (v1.5) applied to each frame (LGD-2D, Sec. 4.1).
+    """torchvision's 2D ResNet ``Bottleneck`` (v1.5) on every frame (LGD-2D, Sec. 4.1).
 
     Args:
         in_channels: channels of the input map.
@@ -89,8 +87,8 @@ class FrameBottleneck(nn.Module):
         stride: spatial stride of the 3x3 convolution (and of the shortcut).
 
     Shape:
-        ``(N, C_in, T, H, W) -> (N, 4*width, T, H/stride, W/stride)``; the output is a view of a
-        frame-major ``(N*T, C, H, W)`` tensor, so the next unit folds it back without a copy.
+        ``(N*T, C_in, H, W) -> (N*T, 4*width, H/stride, W/stride)``: frames of all clips in
+        one batch, so time never needs folding between units.
     """
 
     def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
@@ -110,11 +108,10 @@ class FrameBottleneck(nn.Module):
                 nn.BatchNorm2d(out_channels),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = to_frames(x)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
         shortcut = frames if self.downsample is None else self.downsample(frames)
         out = self.relu(self.bn1(self.conv1(frames)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += shortcut
-        return to_clip(out, x.shape[0])
+        out += shortcut  # the block adds the global term and applies the final ReLU
+        return out

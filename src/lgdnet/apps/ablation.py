@@ -25,17 +25,19 @@ horizontal flips (Sec. 5.2) swap their labels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lgdnet.engine.demo import DEMO_CLASSES
+from lgdnet.apps.demo import DEMO_CLASSES
 
 VARIANTS = ("none", "v1", "v2", "lgd")
 NETWORKS = ("2d", "3d")
@@ -159,11 +161,20 @@ def run_config(settings: AblationSettings, spec: RunSpec, data: Any, runs_dir: P
     })
 
 
+@contextlib.contextmanager
+def quiet_engine() -> Iterator[None]:
+    """Hold back the engine's per-epoch log lines (warnings and errors still pass)."""
+    engine = logging.getLogger("lgdnet.engine")
+    previous = engine.level
+    engine.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        engine.setLevel(previous)
+
+
 def _run_one(job: tuple[Any, RunSpec, int]) -> dict[str, Any]:
     """Train and evaluate one run, or return its stored result (resumable)."""
-    import contextlib
-    import io
-
     import torch
 
     from lgdnet.engine.config import config_from_dict, config_to_dict, load_config
@@ -190,7 +201,7 @@ def _run_one(job: tuple[Any, RunSpec, int]) -> dict[str, Any]:
     saved = run_dir / "config.yaml"
     resume = saved.is_file() and config_to_dict(load_config(saved)) == stored
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # one line per run, not per epoch
+        with quiet_engine():  # one line per run, not per epoch
             try:
                 summary = train(config, resume=resume)
             except CheckpointError:  # nothing saved yet
@@ -273,7 +284,7 @@ def run_ablation(
         multi-clip metrics and per-epoch losses), ``table2``/``table3`` (mean and standard
         deviation over seeds), ``seconds`` and the report ``paths``.
     """
-    from lgdnet.engine.demo import write_demo_data
+    from lgdnet.apps.demo import write_demo_data
 
     settings = settings or ABLATION_MODES[mode]
     started = time.perf_counter()

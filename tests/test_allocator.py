@@ -6,7 +6,7 @@ import platform
 import subprocess
 import sys
 
-from lgdnet.engine.allocator import ENV_VARIABLE, keep_freed_memory
+from lgdnet.allocator import ENV_VARIABLE, keep_freed_memory
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -23,7 +23,7 @@ def test_applied_on_glibc_and_large_blocks_stop_being_mapped():
     program = """
 import resource
 import torch
-from lgdnet.engine.allocator import keep_freed_memory
+from lgdnet.allocator import keep_freed_memory
 applied = keep_freed_memory(respect_environment=False)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
