@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lgdnet.cli._dataset_args import at_least
+from lgdnet.cli._inference_args import add_checkpoint, add_loading, add_runtime, add_views
+
 EXAMPLES = """examples:
   lgdnet eval --checkpoint runs/exp/best.safetensors --list data/val.txt --root data
   lgdnet eval --checkpoint best.safetensors --list ucfTrainTestlist --root UCF-101 --split 2
@@ -27,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a .safetensors checkpoint written by `lgdnet train`")
+    add_checkpoint(parser)
     parser.add_argument("--list", required=True, metavar="LIST",
                         help="annotations: a list file, Kinetics CSV, or UCF101/HMDB51 "
                              "splits folder")
@@ -39,43 +41,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 split (1-3)")
     parser.add_argument("--subset", default="test", choices=["train", "test", "val"],
                         help="which part of the split (default: test)")
-    parser.add_argument("--views", type=int, default=None, metavar="N",
-                        help="clips (3D) or frame triples (2D) per video (default: the "
-                             "checkpoint's configuration, else 15 / 10 as in Sec. 5.2)")
-    parser.add_argument("--crops", type=int, default=None, choices=[1, 3],
-                        help="1: whole frame (default), 3: three squares along the long side")
-    parser.add_argument("--views-per-chunk", type=int, default=8, metavar="N",
+    add_views(parser)
+    parser.add_argument("--views-per-chunk", type=at_least(1), default=8, metavar="N",
                         help="most views in one forward pass; bounds memory (default 8)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where results go (default: eval/ beside the checkpoint)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--memory-format", default="auto",
-                        choices=["auto", "channels_last", "contiguous"],
-                        help="activations' layout (default auto: channels-last on the CPU, "
-                             "where it is faster)")
-    parser.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="video-decoding processes (default 2)")
+    add_runtime(parser)
     parser.add_argument("--on-error", default="skip", choices=["skip", "raise"],
                         help="skip unreadable videos (listed in bad_files.txt) or stop")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_loading(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     from pathlib import Path
 
     from lgdnet.data import VideoDataset, load_annotations
     from lgdnet.engine import distributed
     from lgdnet.engine.checkpoint import checkpoint_paths, load_model
     from lgdnet.engine.evaluate import evaluate, format_metrics, save_evaluation
-    from lgdnet.engine.predict import inference_sampling
+    from lgdnet.engine.predict import inference_sampling, match_list_classes
     from lgdnet.errors import LgdnetError
+    from lgdnet.locking import output_lock
     from lgdnet.models.fusion import fold_batchnorm
     from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
     context = distributed.init_distributed(args.device)
     finished = False
+    stack = contextlib.ExitStack()
     try:
         weights, _ = checkpoint_paths(args.checkpoint)
         model, config, classes = load_model(weights, context.device)
@@ -83,15 +77,19 @@ def run(args: argparse.Namespace) -> int:
         to_memory_format(model, resolve_memory_format(args.memory_format, context.device,
                                                       args.precision))
         classes = classes or [str(i) for i in range(model.num_classes)]
-        # the checkpoint's class list fixes the label order, so labels match the classifier
+        # the checkpoint's class list fixes the label order, so labels match the classifier:
+        # the list's own names must be the checkpoint's (mapped by name if in another order)
         annotations = load_annotations(args.list, root=args.root, format=args.format,
-                                       split=args.split, subset=args.subset, classes=classes)
+                                       split=args.split, subset=args.subset)
+        annotations = match_list_classes(annotations, classes)
         if not annotations.records:
             raise LgdnetError(f"{args.list}: no videos in subset {args.subset!r}")
         spec = inference_sampling(config, model.kind, views=args.views, crops=args.crops)
         out_dir = Path(args.out) if args.out else weights.parent / "eval"
-        if context.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+        lock = output_lock(out_dir, what="--out") if context.is_main else contextlib.nullcontext()
+        stack.enter_context(lock)
+        if context.is_main:  # this run's unreadable videos only
+            (out_dir / "bad_files.txt").unlink(missing_ok=True)
         distributed.barrier()
         modality = (config.get("data") or {}).get("modality", "rgb")
         # items of at most views_per_chunk views: memory stays flat whatever the view count
@@ -119,5 +117,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{kind.replace('_', ' ')}: {path}")
         finished = True
     finally:
+        stack.close()
         distributed.cleanup(synchronize=finished)
     return 0

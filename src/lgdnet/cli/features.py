@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lgdnet.cli._inference_args import add_checkpoint, add_loading, add_runtime, add_views
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,8 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "splits folder")
     parser.add_argument("--root", default=None, metavar="DIR",
                         help="folder the video paths are relative to (default: the list's)")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a .safetensors checkpoint written by `lgdnet train`")
+    add_checkpoint(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="where the files go")
     parser.add_argument("--format", default="auto",
                         choices=["auto", "list", "kinetics", "ucf101", "hmdb51"])
@@ -33,18 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or over time (C,H,W)")
     parser.add_argument("--per-view", action="store_true",
                         help="keep every test view (leading axis V) instead of averaging")
-    parser.add_argument("--views", type=int, default=None, metavar="N",
-                        help="clips (3D) or frame triples (2D) per video")
-    parser.add_argument("--crops", type=int, default=None, choices=[1, 3])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--memory-format", default="auto",
-                        choices=["auto", "channels_last", "contiguous"],
-                        help="activations' layout (default auto: channels-last on the CPU, "
-                             "where it is faster)")
-    parser.add_argument("--workers", type=int, default=2, metavar="N",
-                        help="video-decoding processes (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_views(parser)
+    add_runtime(parser)
+    add_loading(parser)
     parser.set_defaults(func=run)
 
 
@@ -53,17 +45,15 @@ def run(args: argparse.Namespace) -> int:
 
     from lgdnet.data import load_annotations
     from lgdnet.engine.features import extract_features
-    from lgdnet.engine.predict import load_predictor
-    from lgdnet.errors import AnnotationError
-
+    from lgdnet.engine.predict import load_predictor, match_list_classes
     predictor = load_predictor(args.checkpoint, device=args.device, views=args.views,
                                crops=args.crops, precision=args.precision,
                                memory_format=args.memory_format)
-    options = dict(root=args.root, format=args.format, split=args.split, subset=args.subset)
-    try:  # label names as the checkpoint has them, when the list fits its classes
-        annotations = load_annotations(args.list, classes=predictor.classes, **options)
-    except AnnotationError:  # another dataset: its own class names
-        annotations = load_annotations(args.list, **options)
+    annotations = load_annotations(args.list, root=args.root, format=args.format,
+                                   split=args.split, subset=args.subset)
+    # labels named as the checkpoint names them (mapped by name when in another order);
+    # another dataset keeps its own names, with a warning
+    annotations = match_list_classes(annotations, predictor.classes, refuse=False)
     summary = extract_features(predictor, annotations.records, args.out,
                                pooling=args.pool_local, per_view=args.per_view,
                                num_workers=args.workers, progress=not args.no_progress,

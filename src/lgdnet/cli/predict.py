@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lgdnet.cli._inference_args import add_checkpoint, add_runtime, add_views
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,40 +19,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("videos", nargs="+", metavar="VIDEO",
                         help="video files (or frame folders)")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a .safetensors checkpoint written by `lgdnet train`")
+    add_checkpoint(parser)
     parser.add_argument("--top", type=int, default=5, metavar="K",
                         help="how many classes to print (default 5)")
-    parser.add_argument("--views", type=int, default=None, metavar="N",
-                        help="clips (3D) or frame triples (2D) per video")
-    parser.add_argument("--crops", type=int, default=None, choices=[1, 3])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--memory-format", default="auto",
-                        choices=["auto", "channels_last", "contiguous"],
-                        help="activations' layout (default auto: channels-last on the CPU, "
-                             "where it is faster)")
+    add_views(parser)
+    add_runtime(parser)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document: [{video, predictions: [{class, "
-                             "probability}]}]")
+                             "probability}]}] ({video, error} for an unreadable video)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from lgdnet.engine.predict import load_predictor
+    from lgdnet.errors import LgdnetError, VideoReadError
 
     if args.top < 1:
-        from lgdnet.errors import LgdnetError
-
         raise LgdnetError(f"--top must be at least 1, got {args.top}")
     predictor = load_predictor(args.checkpoint, device=args.device, views=args.views,
                                crops=args.crops, precision=args.precision,
                                memory_format=args.memory_format)
-    results = []
+    results, failed = [], 0
     for video in args.videos:
-        predictions = predictor.predict(video, top_k=args.top)
+        try:  # one unreadable video never hides the others' predictions
+            predictions = predictor.predict(video, top_k=args.top)
+        except VideoReadError as error:
+            failed += 1
+            results.append({"video": video, "error": str(error)})
+            print(f"lgdnet predict: error: {error}", file=sys.stderr)
+            continue
         results.append({"video": video,
                         "predictions": [{"class": name, "probability": probability}
                                         for name, probability in predictions]})
@@ -62,4 +62,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {name:<{width}}  {100 * probability:5.1f}%")
     if args.json:
         print(json.dumps(results, indent=2))
+    if failed:
+        print(f"lgdnet predict: error: {failed} of {len(args.videos)} videos could not be read",
+              file=sys.stderr)
+        return 1
     return 0

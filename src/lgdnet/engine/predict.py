@@ -62,8 +62,12 @@ def inference_sampling(
 class Predictor:
     """Classify videos and extract their representations with a trained LGD network.
 
+    The predictor runs its own copy of ``model`` (moved, put in eval mode, converted to the
+    layout and, with ``fold_bn``, BatchNorm-folded), so the module the caller holds is left
+    as it was.
+
     Args:
-        model: a trained LGD network (stage 1 or 2); put in eval mode and on ``device``.
+        model: a trained LGD network (stage 1 or 2).
         classes: class names, index = label.
         spec: the test ``SamplingSpec`` (see :func:`inference_sampling`).
         modality: ``"rgb"`` (video files, frame folders) or ``"flow"`` (flow folders).
@@ -73,8 +77,12 @@ class Predictor:
         memory_format: activations' layout, ``"auto"`` (see
             :func:`lgdnet.models.resolve_memory_format`), ``"channels_last"`` or
             ``"contiguous"``; the model is converted in place.
+        fold_bn: fold every BatchNorm into the convolution before it
+            (:func:`lgdnet.models.fold_batchnorm`): the same scores, faster.
         config: the training configuration (plain dicts), kept for reference.
         checkpoint: where the model came from, kept for reference.
+        copy: work on a copy of ``model`` (``False`` hands the module over to the predictor,
+            as :func:`load_predictor` does with the model it loads).
     """
 
     def __init__(
@@ -88,12 +96,21 @@ class Predictor:
         precision: str = "fp32",
         views_per_chunk: int = 8,
         memory_format: str = "auto",
+        fold_bn: bool = False,
         config: dict[str, Any] | None = None,
         checkpoint: str | None = None,
+        copy: bool = True,
     ) -> None:
+        import copy as copying
+
+        from lgdnet.models.fusion import fold_batchnorm
         from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
         self.device = resolve_device(device)
+        if copy:
+            model = copying.deepcopy(model)
+        if fold_bn:
+            model = fold_batchnorm(model, inplace=True)
         self.model = model.to(self.device).eval()
         to_memory_format(self.model, resolve_memory_format(memory_format, self.device, precision))
         self.classes = list(classes)
@@ -211,17 +228,77 @@ def load_predictor(
         CheckpointError: the file is missing, corrupt or not an lgdnet checkpoint (names it).
     """
     from lgdnet.engine.checkpoint import load_model
-    from lgdnet.models.fusion import fold_batchnorm
 
     resolved = resolve_device(device)
     model, config, classes = load_model(checkpoint, resolved)
-    if fold_bn:
-        model = fold_batchnorm(model, inplace=True)
     spec = inference_sampling(config, model.kind, views=views, crops=crops)
     modality = ((config or {}).get("data") or {}).get("modality", "rgb")
     if not classes:
         classes = [str(i) for i in range(model.num_classes)]
     return Predictor(model, classes, spec, modality=modality, device=resolved,
                      precision=precision, views_per_chunk=views_per_chunk,
-                     memory_format=memory_format, config=config,
-                     checkpoint=os.fspath(checkpoint))
+                     memory_format=memory_format, fold_bn=fold_bn, config=config,
+                     checkpoint=os.fspath(checkpoint), copy=False)
+
+
+def match_list_classes(annotations: Any, classes: list[str], *, refuse: bool = True) -> Any:
+    """The annotations with labels that index the checkpoint's ``classes``.
+
+    A list whose class names (its ``classes.txt``, class-name labels, ``classInd.txt``, ...)
+    are the checkpoint's is returned as it is; one whose names are the checkpoint's in
+    another order has its labels mapped by name (a warning says so). A list without names of
+    its own (index labels, no ``classes.txt``) takes the checkpoint's names.
+
+    Args:
+        annotations: :class:`~lgdnet.data.annotations.Annotations` loaded with the list's
+            own classes.
+        classes: the checkpoint's class names, index = classifier output.
+        refuse: raise on other names (``eval``); ``False`` keeps the list's own labels and
+            names with a warning (``features`` of another dataset).
+
+    Raises:
+        AnnotationError: the names differ (and ``refuse``), naming what differs; or an index
+            label out of range for the checkpoint's classes.
+    """
+    import dataclasses
+    import logging
+
+    from lgdnet.errors import AnnotationError
+
+    log = logging.getLogger(__name__)
+    own = list(annotations.classes)
+    source = annotations.source
+    if own == list(classes):
+        return annotations
+    if own == [str(i) for i in range(len(own))]:  # no names of its own: index labels
+        origins = annotations.origins or [None] * len(annotations.records)
+        for record, origin in zip(annotations.records, origins):
+            if not 0 <= record.label < len(classes):
+                raise AnnotationError(origin or source, None,
+                                      f"label {record.label} is out of range for the "
+                                      f"checkpoint's {len(classes)} classes")
+        return dataclasses.replace(annotations, classes=list(classes))
+    if sorted(own) == sorted(classes):
+        lookup = {name: i for i, name in enumerate(classes)}
+        records = [dataclasses.replace(r, label=lookup[own[r.label]]) for r in annotations.records]
+        log.warning("%s: its classes are the checkpoint's in another order; labels are mapped "
+                    "by name", source)
+        return dataclasses.replace(annotations, records=records, classes=list(classes))
+    missing = [name for name in own if name not in set(classes)]
+    extra = [name for name in classes if name not in set(own)]
+
+    def names(items: list[str]) -> str:
+        shown = ", ".join(repr(n) for n in items[:3])
+        return shown + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    differences = []
+    if missing:
+        differences.append(f"the list has {names(missing)} that the checkpoint lacks")
+    if extra:
+        differences.append(f"the checkpoint has {names(extra)} that the list lacks")
+    reason = (f"its {len(own)} classes are not the checkpoint's {len(classes)}: "
+              + "; ".join(differences))
+    if refuse:
+        raise AnnotationError(source, None, reason)
+    log.warning("%s: %s; keeping the list's own labels and class names", source, reason)
+    return annotations

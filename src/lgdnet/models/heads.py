@@ -81,10 +81,11 @@ class _RealFFT(torch.autograd.Function):
         return torch.fft.irfft(grad * weight, n=n)
 
 
+@torch.fx.wrap
 def rfft(x: torch.Tensor) -> torch.Tensor:
     """``torch.fft.rfft(x)`` over the last dimension, with the cheaper backward of
-    :class:`_RealFFT` when a gradient is needed."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    :class:`_RealFFT` when a gradient is needed (and no compiler traces the call)."""
+    if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
         return _RealFFT.apply(x)
     return torch.fft.rfft(x)
 
@@ -121,7 +122,7 @@ class TensorSketch(nn.Module):
     def count_sketch(self, v: torch.Tensor, k: int) -> torch.Tensor:
         """Count sketch ``CS_k(v)``: ``(..., C) -> (..., d)`` (a signed scatter-add)."""
         index, sign = getattr(self, f"hash{k}"), getattr(self, f"sign{k}")
-        out = v.new_zeros(*v.shape[:-1], self.sketch_dim)
+        out = v.new_zeros(v.shape[:-1] + (self.sketch_dim,))
         return out.index_add(-1, index, v * sign.to(v.dtype))
 
     def spectrum(self, v: torch.Tensor) -> torch.Tensor:
@@ -135,6 +136,22 @@ class TensorSketch(nn.Module):
         """``mean`` of phi over ``dim`` (Eq. 5), averaged in the frequency domain (phi's last
         step is linear), so one inverse FFT serves all the positions."""
         return torch.fft.irfft(self.spectrum(v).mean(dim), n=self.sketch_dim)
+
+
+@torch.fx.wrap
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or as it is when it is float32 or float64 already (a leaf for
+    ``torch.fx``, which cannot branch on a traced dtype)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _autocast_off() -> contextlib.ExitStack:
+    """Autocast switched off on the CPU and, where there is one, on CUDA: the devices are
+    named, not read from a tensor, so tracing (FX, export) sees a plain region."""
+    stack = contextlib.ExitStack()
+    for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
 
 
 def signed_sqrt(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -185,16 +202,9 @@ class CombinationClassifier(nn.Module):
 
     def features(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
         """phi({x_L, g_L}) of Eq. (5), ``(N, 2d)``."""
-        dtype = torch.promote_types(local.dtype, torch.float32)
-        device_type = local.device.type
-        autocast_off = (
-            torch.autocast(device_type, enabled=False)
-            if torch.amp.is_autocast_available(device_type)
-            else contextlib.nullcontext()
-        )
-        with autocast_off:
-            positions = local.to(dtype).flatten(2).transpose(1, 2)  # (N, T'H'W', C): x_L^i
-            parts = [self.sketch.pooled(positions, dim=1), self.sketch(global_.to(dtype))]
+        with _autocast_off():
+            positions = at_least_float32(local).flatten(2).transpose(1, 2)  # (N, T'H'W', C): x_L^i
+            parts = [self.sketch.pooled(positions, dim=1), self.sketch(at_least_float32(global_))]
             if self.use_signed_sqrt:
                 parts = [signed_sqrt(p) for p in parts]
             if self.use_l2_normalize:

@@ -97,9 +97,12 @@ def spread(v: torch.Tensor, shape: tuple) -> torch.Tensor:
 def add_relu_(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``x = ReLU(x + other)`` in place, in one pass over ``x`` where PyTorch has the fused
     kernel (``aten::_add_relu_``, which the TorchScript fuser uses) and in two otherwise.
-    Not differentiable: used on tensors autograd does not track."""
+    Not differentiable: used on tensors autograd does not track. Compilers and exporters
+    (``torch.compile``, ``torch.export``, ONNX) see the two standard ops, which they fuse
+    themselves or can translate."""
     if (_ADD_RELU is not None and x.device.type == "cpu" and x.dtype == other.dtype
-            and x.dtype in (torch.float32, torch.float64)):  # the kernel's types
+            and x.dtype in (torch.float32, torch.float64)  # the kernel's types
+            and not torch.compiler.is_compiling()):
         return _ADD_RELU(x, other)
     return x.add_(other).relu_()
 
