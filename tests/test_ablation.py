@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from lgdnet.cli import main
 from lgdnet.apps.ablation import (
     ABLATION_MODES,
     VARIANT_LABELS,
@@ -23,6 +22,7 @@ from lgdnet.apps.ablation import (
     run_config,
     summarise,
 )
+from lgdnet.cli import main
 from lgdnet.engine.config import config_to_dict
 
 QUICK = ABLATION_MODES["quick"]

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lgdnet.cli import main
 from lgdnet.apps.demo import DEMO_MODES
+from lgdnet.cli import main
 
 
 def test_demo_tiny_runs_and_reports(tmp_path, capsys):

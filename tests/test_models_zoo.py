@@ -9,8 +9,8 @@ import torch
 
 import lgdnet
 from lgdnet.cli import main
-from lgdnet.models.network import unit_key
 from lgdnet.models import LGDNet, count_parameters, create_model, list_models
+from lgdnet.models.network import unit_key
 
 # (default input (C, T, H, W), local map (C_L, T', H', W')): Table 1, Sec. 4.1-4.2, 5.2.
 PAPER_SHAPES = {
