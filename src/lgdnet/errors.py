@@ -54,3 +54,21 @@ class ConfigError(LgdnetError):
 
 class CheckpointError(LgdnetError):
     """A checkpoint is missing, truncated, corrupt or does not fit the model."""
+
+
+class DetectionDataError(LgdnetError):
+    """Action-detection data (frame detections, tubes, ground-truth tubes) is malformed.
+
+    Raised for a box with ``x2 < x1`` or ``y2 < y1`` (or a non-finite coordinate), a tube whose
+    frames are not contiguous and increasing, a label out of range and a NaN score. The
+    message names the video, so one bad tube among thousands can be found.
+
+    Args:
+        reason: what is wrong, naming the video (``"video 'v_Biking_g01_c01': ..."``).
+        path: the file the detections or annotations were read from, when there is one.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.path = os.fspath(path) if path is not None else None
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
