@@ -148,17 +148,22 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
 
 
 class ForwardParts(torch.nn.Module):
-    """A network whose ``forward`` is its ``forward_parts``: the per-classifier logits the
-    stage loss needs (Eq. 6). Training calls this wrapper (and DDP wraps it), so the loss's
-    terms come out of the one forward pass that DDP synchronises, while the network's own
-    ``forward`` stays the plain logits."""
+    """A network whose ``forward`` takes a training batch and returns its ``forward_parts``:
+    the per-classifier logits the stage loss needs (Eq. 6). Training calls this wrapper (and
+    DDP wraps it), so the loss's terms come out of the one forward pass that DDP
+    synchronises, while the network's own ``forward`` stays the plain logits.
+
+    The batch entries passed to ``forward_parts`` are those the network names in its
+    ``input_keys`` attribute (``("video",)`` when it has none; the detector takes
+    ``("video", "rois")``)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
+        self.input_keys = tuple(getattr(module, "input_keys", ("video",)))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.module.forward_parts(x)
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.module.forward_parts(*(batch[key] for key in self.input_keys))
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -116,7 +116,9 @@ def train_one_epoch(
         model: the network in its current stage (any module with ``forward_parts``), or
             that network already wrapped in :class:`~lgdnet.engine.distributed.ForwardParts`
             and DDP, as :func:`~lgdnet.engine.stage.setup_stage` wraps it.
-        loader: yields ``{"video": (N, C, T, H, W), "label": (N,)}`` micro-batches (or None).
+        loader: yields ``{"video": (N, C, T, H, W), "label": (N,)}`` micro-batches (or None),
+            plus any other tensors the network's ``input_keys`` name; the loss and accuracy
+            are over the entries of ``label`` (clips, or a detector's proposals).
         optimizer: steps once per group of ``accumulation`` micro-batches.
         device: where the model is.
         accumulation: micro-batches per optimiser step.
@@ -165,13 +167,14 @@ def train_one_epoch(
         if position == group_start and step_seed is not None:
             torch.manual_seed(derived_seed(*step_seed, state.global_step + 1))
         if batch is not None:
-            video = batch["video"].to(device, non_blocking=True)
-            target = batch["label"].to(device, non_blocking=True)
+            inputs = {key: value.to(device, non_blocking=True)
+                      for key, value in batch.items() if torch.is_tensor(value)}
+            target = inputs["label"]
             # under DDP, synchronise gradients only on the micro-batch that steps
             sync = is_step or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else model.no_sync():
                 with autocast(device, precision):
-                    outputs = model(video)
+                    outputs = model(inputs)
                 outputs = {k: v.float() for k, v in outputs.items()}
                 loss = stage_loss(outputs, target)
                 if not torch.isfinite(loss):
