@@ -5,18 +5,22 @@ feature-map sizes of LGD-3D ResNet-50 (Table 1), against the same residual unit 
 diffusion, in both memory layouts. The arms are interleaved round-robin; each arm's time is
 reported relative to the plain unit in the same layout and round.
 
-Arms:
+Arms (each also as ``*_cl``: ``channels_last_3d`` weights and activations, the library's
+default on the CPU):
 
-* ``none``: ``ReLU(F(x))``, the P3D baseline block; ``lgd``: the library's
-  :class:`~lgdnet.models.lgd_block.LGDBlock` (its fused epilogue ``_ResidualReLUPool``).
-* ``none_cl`` / ``lgd_cl``: the same two with ``channels_last_3d`` weights and activations
-  (the library's default on the CPU).
+* ``none``: ``ReLU(F(x))``, the P3D baseline block.
+* ``lgd``: the library's :class:`~lgdnet.models.lgd_block.LGDBlock` with its fused epilogue
+  (``epilogue="fused"``: Eq. 2 and the pooling of Eq. 3 as one autograd node).
+* ``lgd_plain``: the same block with ``epilogue="plain"``, autograd of the formula as written.
+* ``lgd_compiled``: ``torch.compile`` (inductor) of the plain block: the compiler sees the
+  plain formula and may fuse the epilogue itself. Compile time is reported, not timed.
 """
 
 from __future__ import annotations
 
 import copy
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,8 @@ BLOCKS = (("res2", 256, 64, 8, 56), ("res4", 1024, 256, 4, 14))
 QUICK_BLOCKS = (("res2_small", 64, 16, 4, 28),)
 
 
-def _fwd_bwd(block: torch.nn.Module, c_in: int, t: int, h: int, channels_last: bool) -> Any:
+def _fwd_bwd(block: torch.nn.Module, c_in: int, t: int, h: int, channels_last: bool,
+             compile_block: bool = False) -> Any:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, c_in, t, h, h, generator=generator)
     if channels_last:
@@ -57,11 +62,12 @@ def _fwd_bwd(block: torch.nn.Module, c_in: int, t: int, h: int, channels_last: b
     grad_y = torch.randn(y.shape, generator=generator).contiguous(
         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     grad_g = None if g_out is None else torch.randn(g_out.shape, generator=generator)
+    forward = torch.compile(block) if compile_block else block
 
     def run() -> None:
         block.zero_grad(set_to_none=True)
         x.grad = g.grad = None
-        y, g_out = block(x, g)
+        y, g_out = forward(x, g)
         outputs, grads = [y], [grad_y]
         if g_out is not None and g_out is not g:
             outputs.append(g_out)
@@ -76,14 +82,26 @@ def measure_block(name: str, c_in: int, width: int, t: int, h: int, opts: BenchO
     c_out = width * EXPANSION
     plain = LGDBlock(P3DBottleneck(c_in, width), c_in, c_out, "none")
     lgd = LGDBlock(P3DBottleneck(c_in, width), c_in, c_out, "lgd")
-    fns = {
-        "none": _fwd_bwd(plain, c_in, t, h, False),
-        "lgd": _fwd_bwd(lgd, c_in, t, h, False),
-        "none_cl": _fwd_bwd(copy.deepcopy(plain), c_in, t, h, True),
-        "lgd_cl": _fwd_bwd(copy.deepcopy(lgd), c_in, t, h, True),
-    }
+    lgd_plain = copy.deepcopy(lgd)
+    lgd_plain.epilogue = "plain"
+    fns: dict[str, Any] = {}
+    compile_seconds: dict[str, float] = {}
+    for suffix, channels_last in (("", False), ("_cl", True)):
+        fns["none" + suffix] = _fwd_bwd(copy.deepcopy(plain), c_in, t, h, channels_last)
+        fns["lgd" + suffix] = _fwd_bwd(copy.deepcopy(lgd), c_in, t, h, channels_last)
+        fns["lgd_plain" + suffix] = _fwd_bwd(copy.deepcopy(lgd_plain), c_in, t, h, channels_last)
+        if opts.compile:
+            torch._dynamo.reset()
+            compiled = _fwd_bwd(copy.deepcopy(lgd_plain), c_in, t, h, channels_last,
+                                compile_block=True)
+            started = time.perf_counter()
+            compiled()  # compiles forward and backward
+            compile_seconds["lgd_compiled" + suffix] = time.perf_counter() - started
+            fns["lgd_compiled" + suffix] = compiled
     traffic = {}
     for arm, fn in fns.items():
+        if arm.startswith("lgd_compiled"):
+            continue  # generated kernels are not ATen ops: their traffic is not counted
         table = count_traffic(fn)
         traffic[arm] = {
             "moved_mib": sum(v["read"] + v["written"] for v in table.values()) / MIB,
@@ -92,15 +110,17 @@ def measure_block(name: str, c_in: int, width: int, t: int, h: int, opts: BenchO
         }
     rounds = max(3, min(opts.pairs, 7))
     timing = time_round_robin(fns, "none", opts.device, opts.warmup, rounds)
-    for arm, plain_arm in (("none_cl", "none_cl"), ("lgd_cl", "none_cl")):
+    for arm in timing:
         # ratio to the plain block in the same layout and round
+        plain_arm = "none_cl" if arm.endswith("_cl") else "none"
         ratios = [a / b for a, b in zip(timing[arm]["seconds"]["times"],
                                         timing[plain_arm]["seconds"]["times"])]
         timing[arm]["ratio_to_same_layout"] = {**summarize(ratios), "ratios": ratios}
     timing["none_cl"]["ratio_to_contiguous"] = timing["none_cl"]["ratio_to_reference"]
     map_mib = BATCH * c_out * t * h * h * 4 / MIB
     return {"block": name, "c_in": c_in, "c_out": c_out, "map": [t, h, h], "batch": BATCH,
-            "map_mib": map_mib, "arms": timing, "traffic": traffic}
+            "map_mib": map_mib, "arms": timing, "traffic": traffic,
+            "compile_seconds": compile_seconds}
 
 
 def run(opts: BenchOptions) -> dict[str, Any]:
@@ -133,14 +153,21 @@ def to_markdown(result: dict[str, Any]) -> str:
                  f"{'x'.join(map(str, row['map']))}; {row['map_mib']:.0f})")
         base = row["traffic"]["none"]
         for arm, v in row["arms"].items():
-            tr = row["traffic"][arm]
-            moved = tr["moved_mib"] / row["map_mib"]
-            alloc = tr["allocated_mib"] / row["map_mib"]
+            tr = row["traffic"].get(arm)
+            if tr is None:  # compiled: inductor's kernels are not counted
+                counted = "not counted | not counted"
+            else:
+                moved = tr["moved_mib"] / row["map_mib"]
+                alloc = tr["allocated_mib"] / row["map_mib"]
+                counted = (f"{moved:.1f} ({moved - base['moved_mib'] / row['map_mib']:+.1f}) | "
+                           f"{alloc:.1f} ({alloc - base['allocated_mib'] / row['map_mib']:+.1f})")
             layouts = v.get("ratio_to_contiguous")
             lines.append(
                 f"| {label} | `{arm}` | {fmt_seconds(v['seconds']['median'])} | "
                 f"{fmt_ratio(v.get('ratio_to_same_layout', v['ratio_to_reference']))} | "
-                f"{moved:.1f} ({moved - base['moved_mib'] / row['map_mib']:+.1f}) | {alloc:.1f} "
-                f"({alloc - base['allocated_mib'] / row['map_mib']:+.1f}) | "
-                + (f"{fmt_ratio(layouts)} |" if layouts else " |"))
+                f"{counted} | " + (f"{fmt_ratio(layouts)} |" if layouts else " |"))
+        if row.get("compile_seconds"):
+            compiled = ", ".join(f"`{k}` {s:.0f} s" for k, s in row["compile_seconds"].items())
+            lines.append(f"| {label} | compile time (first call, forward + backward) | "
+                         f"{compiled} | | | | |")
     return "\n".join(lines)

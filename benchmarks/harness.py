@@ -299,6 +299,7 @@ class BenchOptions:
         pairs: interleaved pairs per A/B comparison.
         warmup: untimed calls before timing.
         memory: measure peak memory in subprocesses.
+        compile: include the ``torch.compile`` arms (their compile time is minutes on 2 cores).
     """
 
     device: torch.device
@@ -307,6 +308,7 @@ class BenchOptions:
     pairs: int
     warmup: int
     memory: bool = True
+    compile: bool = True
 
 
 def write_results(out_dir: Path, stem: str, report: dict[str, Any], markdown: str) -> Path:

@@ -101,7 +101,7 @@ def inference_fn(model: nn.Module, clips: torch.Tensor, work: Workload, device: 
 
     def run() -> object:
         with torch.inference_mode(), _autocast(work, device):
-            return model(clips)["logits"]
+            return model(clips)
 
     return run
 
@@ -118,7 +118,7 @@ def train_step_fn(
     def run() -> object:
         optimizer.zero_grad(set_to_none=True)
         with _autocast(work, device):
-            loss = stage_loss(model(clips), labels)
+            loss = stage_loss(model.forward_parts(clips), labels)
         loss.backward()
         optimizer.step()
         return loss
@@ -184,7 +184,7 @@ def head_step_fn(
         optimizer.zero_grad(set_to_none=True)
         local.grad = global_.grad = None
         with _autocast(work, device):
-            loss = stage_loss(head(local, global_), labels)
+            loss = stage_loss(head.forward_parts(local, global_), labels)
         loss.backward()
         optimizer.step()
         return loss
