@@ -259,9 +259,11 @@ def test_extraction_resumes_and_never_takes_a_partial_folder_as_done(
     assert (out / "flow_list.txt").read_text() == "a 9 0\nb 9 1\n"
     with pytest.raises(ConfigError, match="bound"):
         extract_flow_dataset(records, out, **{**options, "bound": 10.0})
-    with open(out / ".extract-flow.lock", "w") as lock:  # another run holds the folder
+    from lgdnet.locking import LOCK_NAME, FolderLockedError
+
+    with open(out / LOCK_NAME, "w") as lock:  # another run holds the folder
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(ConfigError, match="another flow extraction"):
+        with pytest.raises(FolderLockedError, match="in use by another lgdnet process"):
             extract_flow_dataset(records, out, **options)
 
 

@@ -58,12 +58,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch threads per run (default: 1 with several workers, else "
                              "torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--task", default="embedded",
+                        choices=("embedded", "relations", "relations-paper-init",
+                                 "relations-preliminary"),
+                        help="embedded (default): the embedded action dataset; relations: the "
+                             "far and near relation tasks (lgdnet.apps.relations, "
+                             "docs/ablations.md), with the authors' initialisation; "
+                             "relations-paper-init: the same with Xavier (Sec. 5.2); "
+                             "relations-preliminary: a few minutes, 3D, far task, 2 seeds")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import sys
+
+    if args.task != "embedded":
+        return run_relation_grid(args)
 
     from lgdnet.apps.ablation import ABLATION_MODES, run_ablation
 
@@ -80,7 +91,38 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("lgdnet ablate: --workers must be at least 1", file=sys.stderr)
         return 2
+    from lgdnet.locking import output_lock
+
     threads = args.threads or (1 if args.workers > 1 else 0)
-    run_ablation(args.out, settings=settings, workers=args.workers, threads=threads,
-                 progress=not args.no_progress)
+    with output_lock(args.out, what="--out"):  # one ablation per folder
+        run_ablation(args.out, settings=settings, workers=args.workers, threads=threads,
+                     progress=not args.no_progress)
+    return 0
+
+
+def run_relation_grid(args: argparse.Namespace) -> int:
+    """``--task relations*``: the grid of :func:`lgdnet.apps.relations.run_relations`."""
+    import dataclasses
+    import sys
+
+    from lgdnet.apps.relations import RELATION_MODES, run_relations
+    from lgdnet.locking import output_lock
+
+    mode = "quick" if args.quick else {"relations": "full", "relations-paper-init": "paper-init",
+                                       "relations-preliminary": "preliminary"}[args.task]
+    changes = {name: getattr(args, name) for name in ("seeds", "epochs", "lr", "clips_per_class",
+                                                      "networks", "memory_format")
+               if getattr(args, name) is not None}
+    try:
+        settings = dataclasses.replace(RELATION_MODES[mode], **changes)
+    except ValueError as error:
+        print(f"lgdnet ablate: {error}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("lgdnet ablate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    out = args.out if args.out != "lgdnet-ablation" else "lgdnet-relations"
+    with output_lock(out, what="--out"):
+        run_relations(out, settings=settings, workers=args.workers, threads=args.threads or 1,
+                      progress=not args.no_progress)
     return 0

@@ -76,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
         model = fold_batchnorm(model, inplace=True)  # same scores, faster (inference only)
         to_memory_format(model, resolve_memory_format(args.memory_format, context.device,
                                                       args.precision))
-        classes = classes or [str(i) for i in range(model.num_classes)]
         # the checkpoint's class list fixes the label order, so labels match the classifier:
         # the list's own names must be the checkpoint's (mapped by name if in another order)
         annotations = load_annotations(args.list, root=args.root, format=args.format,
                                        split=args.split, subset=args.subset)
+        if not classes and len(annotations.classes) == model.num_classes:
+            classes = list(annotations.classes)  # a checkpoint without names: the list's
+        classes = classes or [str(i) for i in range(model.num_classes)]
         annotations = match_list_classes(annotations, classes)
         if not annotations.records:
             raise LgdnetError(f"{args.list}: no videos in subset {args.subset!r}")

@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-list", metavar="FILE", help="training annotations (data.train_list)")
     parser.add_argument("--val-list", metavar="FILE", help="validation annotations (data.val_list)")
     parser.add_argument("--root", metavar="DIR", help="folder the video paths are relative to (data.root)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="run.device: auto, cpu, cuda or cuda:N (checked before anything "
+                             "is written)")
     parser.set_defaults(func=run)
 
 
@@ -78,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no training list: give --train-list or data.train_list in --config")
     summary = train(config, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # torchrun's rank; the group is gone by now
-        print(f"best model: {summary['best_checkpoint']}")
+        if summary.get("best_checkpoint"):
+            print(f"best model: {summary['best_checkpoint']} ({summary['best_reason']})")
+        else:
+            print(f"no model saved: {summary.get('best_reason')}")
         if summary.get("training_curves"):
             print(f"training curves: {summary['training_curves']}")
     return 0

@@ -5,7 +5,8 @@ Four formats are read, each exactly as its dataset publishes it:
 * ``"list"``: one video per line, ``relative/path label`` with the label a 0-based index or a
   class name (MMAction2's video lists), or ``relative/folder num_frames label`` (MMAction2's
   rawframes lists, as written by ``lgdnet extract-frames``). ``#`` comments and blank lines
-  are ignored. Class names come from ``classes=``, else from a ``classes.txt`` beside the
+  are ignored. A path with spaces is quoted (``"my video.avi" 3``), or the fields are
+  separated by tabs, or it is written as is when that file exists under the root. Class names come from ``classes=``, else from a ``classes.txt`` beside the
   list, else they are derived (sorted names, or ``"0".."K-1"`` for index labels).
 * ``"kinetics"``: the Kinetics-400/600 CSV (``label,youtube_id,time_start,time_end,split``
   with a header; extra columns such as ``is_cc`` are ignored). Files are named
@@ -98,7 +99,9 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
 
 def save_classes(path: str | os.PathLike, classes: list[str]) -> None:
     """Write class names one per line, in label order (the ``classes.txt`` format)."""
-    Path(path).write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+    from lgdnet.atomic import write_text
+
+    write_text(path, "".join(f"{name}\n" for name in classes))
 
 
 def load_classes(path: str | os.PathLike) -> list[str]:
@@ -142,14 +145,44 @@ def _strip_extension(relative: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ list
+def _list_fields(text: str, root: Path) -> list[str]:
+    """The fields of a list line. Paths may hold spaces: fields separated by tabs, a quoted
+    path (``"my video.avi" 3``), or an unquoted path that exists under ``root`` as written
+    (``my video.avi 3``).
+
+    Raises:
+        ValueError: an unbalanced quote.
+    """
+    if "\t" in text:
+        return [field.strip() for field in text.split("\t") if field.strip()]
+    if text[0] in "\"'":
+        import shlex
+
+        return shlex.split(text)
+    fields = text.split()
+    if len(fields) > 3:  # a path with spaces, unquoted: take it when it exists as written
+        for count in (1, 2):
+            head, *tail = text.rsplit(None, count)
+            if (root / head).exists() and (count == 1 or re.fullmatch(r"\d+", tail[0])):
+                return [head, *tail]
+    return fields
+
+
 def _load_list(path: Path, root: Path, classes: list[str] | None, sink: _Collector) -> Annotations:
     if classes is None and (path.parent / "classes.txt").is_file():
         classes = load_classes(path.parent / "classes.txt")
     parsed: list[tuple[int, str, int | None, str]] = []  # line, path, num_frames, label token
     for number, text in _read_lines(path):
-        fields = text.split()
+        try:
+            fields = _list_fields(text, root)
+        except ValueError as error:
+            sink.add(AnnotationError(path, number, f"cannot split the line: {error}"))
+            continue
         if len(fields) not in (2, 3):
-            sink.add(AnnotationError(path, number, f"expected 'path label' or 'path num_frames label', got {len(fields)} fields"))
+            sink.add(AnnotationError(
+                path, number, f"expected 'path label' or 'path num_frames label', got "
+                f"{len(fields)} fields (a path with spaces must be quoted, \"my video.avi\" 3, "
+                "or its fields separated by tabs)"))
             continue
         num_frames = None
         if len(fields) == 3:

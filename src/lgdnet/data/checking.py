@@ -2,7 +2,8 @@
 
 :func:`check_dataset` reads the annotations collecting (not raising) malformed lines, then
 opens every listed video in parallel and reports, in one pass, each problem a training run
-would otherwise hit one epoch at a time: malformed lines and unknown labels, duplicate
+would otherwise hit one epoch at a time: a list naming no video at all, malformed lines and
+unknown labels, duplicate
 entries, missing files, files that cannot be decoded (empty, truncated, not a video, no video
 stream, corrupt frames: the :class:`~lgdnet.errors.VideoReadError` reason), videos shorter
 than a clip, and rawframes lists whose frame counts disagree with the folder.
@@ -21,7 +22,7 @@ from lgdnet.data.annotations import VideoRecord, load_annotations
 from lgdnet.errors import VideoReadError
 
 # Problem kinds, in the order the summary lists them.
-KINDS = ("annotation", "duplicate", "missing", "unreadable", "too-short", "frame-count")
+KINDS = ("empty", "annotation", "duplicate", "missing", "unreadable", "too-short", "frame-count")
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ def check_dataset(
     problems = [Problem("annotation", error.path, error.reason,
                         f"{error.path}:{error.line}" if error.line is not None else error.path)
                 for error in loaded.errors]
+    if not loaded.records and not loaded.errors:  # nothing to train on is a problem too
+        problems.append(Problem("empty", loaded.source,
+                                f"no videos listed (subset {subset!r}): a run would train on nothing"))
     origins = loaded.origins or [loaded.source] * len(loaded.records)
 
     # Duplicates: the same file (or the same id, which would share an output folder) twice.

@@ -46,7 +46,7 @@ from lgdnet.data.sampling import (
 )
 from lgdnet.errors import VideoReadError
 
-__all__ = ["VideoDataset", "collate_views"]
+__all__ = ["VideoDataset", "collate_views", "tidy_bad_files_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,12 @@ class VideoDataset(Dataset):
         self.bad_files.append((error.path, error.reason))
         logger.warning("skipping bad sample %d: %s: %s", index, error.path, error.reason)
         if self.bad_files_log is not None:
+            from lgdnet.atomic import append_line
+
             reason = error.reason.replace("\t", " ").replace("\n", " ")
-            with open(self.bad_files_log, "a", encoding="utf-8") as log:
-                log.write(f"{error.path}\t{reason}\n")
+            # several workers (and a bad video met again as a neighbour's substitute) may
+            # append the same file: tidy_bad_files_log leaves one line per file
+            append_line(self.bad_files_log, f"{error.path}\t{reason}")
 
     def _open(self, path: str) -> VideoSource:
         if self.modality == "flow":
@@ -258,6 +261,26 @@ class VideoDataset(Dataset):
                 if start <= (first + offset) * spec.test_crops + crop_index < stop:
                     views.append(self._finish(crop))
         return torch.stack(views)
+
+
+def tidy_bad_files_log(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Rewrite a ``bad_files_log`` with one line per bad file, in the order first met, and
+    return its ``(path, reason)`` pairs (DataLoader workers each append what they meet, so a
+    file can be listed more than once)."""
+    from pathlib import Path
+
+    from lgdnet.atomic import write_text
+
+    log = Path(path)
+    if not log.is_file():
+        return []
+    seen: dict[str, str] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        name, _, reason = line.partition("\t")
+        if name and name not in seen:
+            seen[name] = reason
+    write_text(log, "".join(f"{name}\t{reason}\n" for name, reason in seen.items()))
+    return list(seen.items())
 
 
 def collate_views(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -199,7 +199,8 @@ def extract_flow_dataset(
     Videos whose folder already exists are skipped (folders appear only complete, see
     :func:`extract_video_flow`), so an interrupted run is continued by running it again with
     the same settings. Bad videos are collected in :attr:`FlowReport.failed`, never raised.
-    A second run on the same ``out_dir`` while one is going raises ConfigError (a lock file).
+    A second run on the same ``out_dir`` while one is going raises FolderLockedError
+    (:func:`lgdnet.locking.output_lock`), naming the first run's PID and host.
 
     Args:
         records: :class:`~lgdnet.data.VideoRecord` s (``path``, ``label``, ``video_id``).
@@ -219,9 +220,8 @@ def extract_flow_dataset(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # a second run on out_dir would race over its folders
-    with exclusive(out_dir, ".extract-flow.lock", "flow extraction"):
+    with exclusive(out_dir, "flow output folder"):
         _check_flow_info(out_dir, config)
         list_file = Path(list_path) if list_path else out_dir / "flow_list.txt"
         outcome = extract_videos(

@@ -26,6 +26,7 @@ import numpy as np
 from lgdnet.data.resumable_extraction import (
     ExtractionReport,
     atomic_folder,
+    exclusive,
     extract_videos,
     extraction_size,
 )
@@ -131,17 +132,23 @@ def extract_frames(
 
     Returns:
         A :class:`FrameReport`; failed videos are listed there, never raised.
+
+    Raises:
+        FolderLockedError: another process is extracting into ``out_dir`` (the output
+            folder is locked for the run, :func:`lgdnet.locking.output_lock`).
     """
     started = time.perf_counter()
     config = FrameExtractionConfig(short_side=short_side, size=size, template=template, quality=quality)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     list_file = Path(list_path) if list_path else out_dir / "rawframes.txt"
-    outcome = extract_videos(
-        records, out_dir, extract_video_frames, config,
-        count_finished=functools.partial(_count_frames, template=config.template), workers=workers,
-        list_path=list_file, classes=classes, what="frame", desc="extract-frames", progress=progress)
+    # one run per output folder: two would delete each other's .partial folders
+    with exclusive(out_dir, "frame output folder"):
+        outcome = extract_videos(
+            records, out_dir, extract_video_frames, config,
+            count_finished=functools.partial(_count_frames, template=config.template),
+            workers=workers, list_path=list_file, classes=classes, what="frame",
+            desc="extract-frames", progress=progress)
     return FrameReport(outcome.extracted, outcome.skipped, outcome.failed, outcome.counts, list_file,
                        time.perf_counter() - started)

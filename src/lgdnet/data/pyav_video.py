@@ -21,8 +21,16 @@ How a file is read, and why:
 - **Past the end.** Indices past the last frame are clamped to the last decoded frame, so a
   frame count one too high (packed-bitstream AVI holds one packet more than it has frames)
   never fails a sample.
+- **Repeated frames.** An AVI index may hold zero-length video chunks, the AVI way of saying
+  "show the previous frame again" (older capture tools write them for dropped frames). The
+  demuxer skips them, so the stored frames' timestamps have gaps; when the container's
+  declared frame count equals the span of those timestamps, the video has that many frames
+  and a frame in a gap is the stored frame before it, so frame count and timing are the
+  container's (``num_frames / fps`` is its duration).
 - **Truncation.** A file holding fewer than 95% of the frames its container declares (or,
   without a declared count, under half of duration x rate) is reported as truncated.
+- **Rotation.** A stream's rotation metadata (a display matrix, as phones write it) is not
+  applied: frames come as they are stored, and ``height``/``width`` are the stored sizes.
 """
 
 from __future__ import annotations
@@ -123,10 +131,15 @@ class PyAVVideo(VideoSource):
             raise VideoReadError(self.path, f"truncated or corrupt file ({describe_error(error)})") from None
         if not pts:
             raise VideoReadError(self.path, "video stream holds no frames")
-        self._check_truncation(len(pts))
-        self.num_frames = len(pts)
-
         usable = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+        # frame -> stored frame, when zero-length chunks repeat frames (None: one to one)
+        self._stored_of = self._repeated_frames(pts) if usable else None
+        if self._stored_of is None:
+            self._check_truncation(len(pts))
+            self.num_frames = len(pts)
+        else:
+            self.num_frames = len(self._stored_of)
+
         if usable and stream.codec_context.has_b_frames:
             # A codec that reorders frames, yet timestamps that never do: they are decode
             # times (packed-bitstream DivX AVI), useless for placing frames after a seek.
@@ -139,6 +152,25 @@ class PyAVVideo(VideoSource):
         self._keyframe_index = [index for index, _ in keyframes]
         self._keyframe_pts = [p for _, p in keyframes]
         self._seekable = usable and bool(keyframes) and self._keyframe_index[0] == 0
+
+    def _repeated_frames(self, pts: list[int]) -> np.ndarray | None:
+        """For a container that declares more frames than it stores, because zero-length
+        chunks repeat the previous frame (AVI), the stored frame (in display order) of each of
+        the declared frames; ``None`` when every frame is stored, or when the timestamps'
+        gaps do not account for the declared count (then it is truncation)."""
+        declared = int(self._stream.frames or 0)
+        if declared <= len(pts):
+            return None
+        ordered = sorted(pts)
+        # the frames' timestamps count frames (AVI: time base 1 / rate); a gap of k ticks is
+        # k - 1 repeats. Leading empty chunks (pts starting above 0) repeat the first frame.
+        for origin in (0, ordered[0]):
+            span = ordered[-1] - origin + 1
+            if origin <= ordered[0] and abs(span - declared) <= 1:
+                slots = np.arange(origin, origin + span)
+                stored = np.searchsorted(np.asarray(ordered), slots, side="right") - 1
+                return np.maximum(stored, 0)
+        return None
 
     def _check_truncation(self, num_packets: int) -> None:
         stream = self._stream
@@ -174,6 +206,8 @@ class PyAVVideo(VideoSource):
         if wanted_all.size == 0:
             height, width = size if size is not None else (self.height, self.width)
             return torch.empty((0, height, width, 3), dtype=torch.uint8)
+        if self._stored_of is not None:  # a repeated frame is the stored frame before it
+            wanted_all = self._stored_of[wanted_all]
         wanted = np.unique(wanted_all).tolist()  # sorted
         av = self._av
         try:

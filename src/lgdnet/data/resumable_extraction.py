@@ -10,7 +10,7 @@ per video differs; how a dataset run is organised does not, and lives here:
 * :func:`extract_videos`: skip finished folders (resuming), run the rest on a process pool
   that survives a crashed worker, collect bad videos instead of stopping, and write the
   rawframes list ``video_id count label`` (and ``classes.txt``) of the finished videos;
-* :func:`exclusive`: a lock file refusing a second run on the same output folder;
+* :func:`exclusive`: the output folder's lock, refusing a second run on it;
 * :func:`extraction_size`: the size videos are extracted at, as the RGB stream resizes.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lgdnet.errors import ConfigError, VideoReadError
+from lgdnet.errors import VideoReadError
 
 #: ``extract_video(video_path, out_folder, config) -> count``; must be a module-level
 #: function so that it pickles (by name) into the worker processes.
@@ -84,10 +84,10 @@ def atomic_folder(out_folder: str | os.PathLike, *, replace: bool = False) -> It
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a hidden temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all (:func:`lgdnet.atomic.write_text`)."""
+    from lgdnet.atomic import write_text
+
+    write_text(path, text)
 
 
 def video_folder(out_dir: Path, video_id: str, what: str) -> Path:
@@ -104,22 +104,16 @@ def video_folder(out_dir: Path, video_id: str, what: str) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(out_dir: Path, lock_name: str, what: str) -> Iterator[None]:
-    """Hold ``out_dir/lock_name`` (released by the OS even if we are killed).
+def exclusive(out_dir: Path, what: str) -> Iterator[None]:
+    """Hold the output folder's lock (:func:`lgdnet.locking.output_lock`) for the block;
+    released by the OS even if we are killed.
 
     Raises:
-        ConfigError: another ``what`` holds the lock.
+        FolderLockedError: another process (named by PID and host) holds it.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(out_dir / lock_name, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(f"{out_dir}: another {what} is writing here") from None
+    from lgdnet.locking import output_lock
+
+    with output_lock(out_dir, what=what):
         yield
 
 

@@ -331,7 +331,17 @@ def write_synthetic_dataset(
         raise ValueError(f"size must be even and at least 32x32, got {size}")
     if clips_per_class < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("clips_per_class must be >= 1 and val_fraction in [0, 1)")
-    out = Path(out_dir)
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be at least 2 (the classes are motions), got {num_frames}")
+    if not (clutter >= 0 and clutter < float("inf")):
+        raise ValueError(f"clutter must be a finite number >= 0, got {clutter}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if fps < 1:
+        raise ValueError(f"fps must be at least 1, got {fps}")
+    from lgdnet.locking import ensure_output_dir
+
+    out = ensure_output_dir(out_dir, "dataset folder")
     num_val = round(clips_per_class * val_fraction)
     jobs, train_lines, val_lines = [], [], []
     for label, kind in enumerate(classes):
@@ -361,10 +371,12 @@ def write_synthetic_dataset(
 
     dataset = SyntheticDataset(out, out / "train.txt", out / "val.txt", out / "classes.txt", out / "README.md",
                                classes, len(train_lines), len(val_lines))
-    dataset.train_list.write_text("".join(train_lines), encoding="utf-8")
-    dataset.val_list.write_text("".join(val_lines), encoding="utf-8")
+    from lgdnet.atomic import write_text
+
+    write_text(dataset.train_list, "".join(train_lines))
+    write_text(dataset.val_list, "".join(val_lines))
     save_classes(dataset.classes_file, classes)
-    dataset.readme.write_text(_readme(dataset, clips_per_class, seed, num_frames, size, fps, clutter), encoding="utf-8")
+    write_text(dataset.readme, _readme(dataset, clips_per_class, seed, num_frames, size, fps, clutter))
     return dataset
 
 

@@ -10,9 +10,10 @@ A checkpoint ``NAME`` is a pair of files in one directory:
   random-number-generator states, best metric, metric history), holding only tensors and
   plain containers, and read with ``torch.load(weights_only=True)``.
 
-Each file is written to a temporary file in the same directory, flushed to disk, and
-renamed over the old one (``os.replace`` is atomic), so an interrupted write leaves the
-previous checkpoint intact.
+Each file is written by :func:`lgdnet.atomic.atomic_write`: to a temporary file in the same
+directory, flushed to disk, and renamed over the old one (``os.replace`` is atomic), so an
+interrupted write leaves the previous checkpoint intact (and the temporary file a killed
+write leaves is removed by the next write).
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import io
 import json
 import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lgdnet.atomic import atomic_write  # noqa: F401  (re-exported: the one atomic writer)
 from lgdnet.errors import CheckpointError
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -44,41 +44,6 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
             text = text[: -len(suffix)]
             break
     return Path(text + WEIGHTS_SUFFIX), Path(text + STATE_SUFFIX)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file through ``write(file)`` so that readers see the old or the new file only.
-
-    The bytes go to a temporary file in the same directory (same file system, so the final
-    rename is atomic), are flushed and fsync'ed, then replace ``path``. On any error the
-    temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    # make the rename itself durable
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. file systems that cannot open directories
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------- random-number generators
@@ -250,12 +215,27 @@ def load_model(
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{weights_path}: weights do not fit the model ({error})") from None
+    classes = metadata.get("classes") or []
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise CheckpointError(f"{weights_path}: metadata 'classes' is not a list of names")
+    num_classes = getattr(model, "num_classes", None)
+    if classes and num_classes is not None and len(classes) != num_classes:
+        raise CheckpointError(f"{weights_path}: metadata names {len(classes)} classes, the "
+                              f"model has {num_classes} outputs")
+    config = metadata.get("config") or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{weights_path}: metadata 'config' is not a mapping")
     model.to(device).eval()
-    return model, metadata.get("config") or {}, list(metadata.get("classes") or [])
+    return model, config, list(classes)
 
 
-def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+def load_training_state(path: str | os.PathLike, complete: bool = False) -> dict[str, Any]:
     """The training state saved beside a checkpoint, read with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint (``NAME``, ``NAME.safetensors`` or ``NAME.state.pt``).
+        complete: also require every field of a training stage's progress (what resuming
+            needs), see :func:`check_training_state`.
 
     Raises:
         CheckpointError: the state file is missing, truncated or holds anything but tensors
@@ -265,9 +245,50 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: training state not found")
     try:
-        return torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, unpickling refused, ...
         raise CheckpointError(f"{state_path}: cannot read training state ({error})") from None
+    check_training_state(state, state_path, complete=complete)
+    return state
+
+
+#: What :func:`lgdnet.engine.stage.StageState` records, with the types resuming relies on.
+_PROGRESS_FIELDS = {"stage": int, "epoch": int, "global_step": int, "batches_done": int,
+                    "epoch_totals": dict, "best_metric": (int, float), "best_epoch": int,
+                    "history": list}
+
+
+def check_training_state(state: Any, source: str | os.PathLike, complete: bool = False) -> None:
+    """Refuse a training state that unpickles safely but is not one lgdnet wrote: the
+    optimiser, scheduler, progress and generator parts must be there, as mappings, and the
+    progress fields present of the right types (with ``complete``, all of them).
+
+    Raises:
+        CheckpointError: a missing part or a part of the wrong type, named.
+    """
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{source}: not a training state lgdnet wrote ({what})")
+
+    if not isinstance(state, dict):
+        raise bad(f"a {type(state).__name__}, not a mapping")
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("progress", dict), ("rng", dict)):
+        if key not in state:
+            raise bad(f"no {key!r}")
+        if not isinstance(state[key], kind):
+            raise bad(f"{key!r} is a {type(state[key]).__name__}")
+    progress = state["progress"]
+    for key, kind in _PROGRESS_FIELDS.items():
+        if key not in progress:
+            if complete or key in ("epoch", "history"):
+                raise bad(f"no progress[{key!r}]")
+            continue
+        if not isinstance(progress[key], kind) or isinstance(progress[key], bool):
+            raise bad(f"progress[{key!r}] is a {type(progress[key]).__name__}")
+    if not all(isinstance(record, dict) for record in progress["history"]):
+        raise bad("progress['history'] holds a record that is not a mapping")
+    for key in ("python", "numpy", "torch"):
+        if key not in state["rng"]:
+            raise bad(f"no rng[{key!r}]")
 
 
 def find_resume_checkpoint(run_dir: Any, resume: bool | str) -> Any:

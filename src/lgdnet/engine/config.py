@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -322,14 +323,16 @@ def load_config(path: str | os.PathLike) -> Config:
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the configuration as YAML (or JSON for a ``.json`` path)."""
+    from lgdnet.atomic import write_text
+
     path = Path(path)
     data = config_to_dict(config)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(data, indent=2) + "\n")
     else:
         import yaml
 
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -380,11 +383,54 @@ def validate_config(config: Config) -> None:
     Raises:
         ConfigError: naming the offending key.
     """
+    optim, model, data, run = config.optim, config.model, config.data, config.run
+
+    def finite(value: float | None) -> bool:
+        return value is None or math.isfinite(value)
+
+    def positive(value: float | None) -> bool:
+        return value is None or value > 0
+
+    stage_epochs = {1: optim.epochs,
+                    2: optim.epochs if optim.stage2_epochs is None else optim.stage2_epochs}
     checks = [
         (config.optim.precision in PRECISIONS, "optim.precision", f"one of {PRECISIONS}"),
-        (config.optim.lr > 0, "optim.lr", "> 0"),
+        (optim.lr > 0 and math.isfinite(optim.lr), "optim.lr", "a finite number > 0"),
+        (optim.stage2_lr is None or (optim.stage2_lr > 0 and math.isfinite(optim.stage2_lr)),
+         "optim.stage2_lr", "a finite number > 0 (or null: optim.lr)"),
+        (0 <= optim.momentum < 1, "optim.momentum", "in [0, 1)"),
+        (optim.weight_decay >= 0 and math.isfinite(optim.weight_decay), "optim.weight_decay",
+         "a finite number >= 0"),
+        (0 < optim.lr_gamma <= 1, "optim.lr_gamma", "in (0, 1]"),
+        (optim.grad_clip >= 0 and math.isfinite(optim.grad_clip), "optim.grad_clip",
+         ">= 0 (0: no clipping)"),
         (config.optim.epochs >= 0, "optim.epochs", ">= 0"),
+        (optim.stage2_epochs is None or optim.stage2_epochs >= 0, "optim.stage2_epochs",
+         ">= 0 (or null: optim.epochs)"),
+        (1 not in run.stages or stage_epochs[1] >= 1, "optim.epochs",
+         ">= 1 to train stage 1 (run.stages=[2] trains stage 2 only)"),
+        (2 not in run.stages or stage_epochs[2] >= 1,
+         "optim.stage2_epochs" if optim.stage2_epochs is not None else "optim.epochs",
+         ">= 1 to train stage 2 (run.stages=[1] trains stage 1 only)"),
         (config.optim.lr_step > 0, "optim.lr_step", "> 0"),
+        (positive(optim.stage2_lr_step), "optim.stage2_lr_step", "> 0 (or null: optim.lr_step)"),
+        (model.sketch_dim > 0, "model.sketch_dim", "> 0"),
+        (positive(model.rank_ratio), "model.rank_ratio", "> 0"),
+        (positive(model.in_channels), "model.in_channels", "> 0"),
+        (positive(model.num_segments), "model.num_segments", "> 0"),
+        (model.dropout is None or (finite(model.dropout) and 0 <= model.dropout < 1),
+         "model.dropout", "in [0, 1)"),
+        (positive(data.num_frames), "data.num_frames", "> 0"),
+        (positive(data.frame_stride), "data.frame_stride", "> 0"),
+        (positive(data.crop_size), "data.crop_size", "> 0"),
+        (positive(data.test_short_side), "data.test_short_side", "> 0"),
+        (positive(data.num_test_views), "data.num_test_views", "> 0"),
+        (data.test_crops in (None, 1, 3), "data.test_crops", "1 or 3"),
+        (positive(data.flow_stack), "data.flow_stack", "> 0"),
+        (data.train_resize is None or min(data.train_resize) > 0, "data.train_resize",
+         "two sides > 0"),
+        (data.split >= 1, "data.split", ">= 1"),
+        (0 <= run.seed < 2**32, "run.seed", "in [0, 2**32)"),
         (config.optim.batch_size >= 0, "optim.batch_size", ">= 0 (0: the paper's default)"),
         (config.optim.micro_batch_size >= 0, "optim.micro_batch_size", ">= 0"),
         (config.model.num_classes >= 0, "model.num_classes", ">= 0 (0: from the data)"),

@@ -188,6 +188,11 @@ def evaluate(
 
     if distributed.get_world_size() > 1:
         parts = [part for rank_parts in distributed.all_gather_object(parts) for part in rank_parts]
+    bad_files_log = getattr(dataset, "bad_files_log", None)
+    if bad_files_log and distributed.is_main_process():
+        from lgdnet.data.dataset import tidy_bad_files_log
+
+        tidy_bad_files_log(bad_files_log)  # one line per file, whatever the workers wrote
     # A chunk scored twice (a broken video's chunk replaced by the next video's) counts once.
     unique = {(part[0], part[1]): part for part in parts}
     videos: dict[int, list[Any]] = {}

@@ -84,10 +84,9 @@ class _Items(torch.utils.data.Dataset):
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+    from lgdnet.atomic import atomic_write
+
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def extract_features(
@@ -116,13 +115,27 @@ def extract_features(
     Shape:
         saved ``global``: ``(C_L,)`` or ``(V, C_L)`` per view; ``local``: ``(C_L, T', H', W')``
         pooled as asked, with a leading ``V`` per view.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        FolderLockedError: another process writes features into ``out_dir``.
+        LgdnetError: ``out_dir`` is a file, or the list repeats a video id.
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    from lgdnet.locking import output_lock
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, what="--out"):  # one run per folder
+        return _extract_features(predictor, records, out_dir, pooling=pooling,
+                                 per_view=per_view, num_workers=num_workers,
+                                 progress=progress, classes=classes)
+
+
+def _extract_features(predictor: Any, records: list[Any], out_dir: Path, *, pooling: str,
+                      per_view: bool, num_workers: int, progress: bool,
+                      classes: list[str] | None) -> FeatureSummary:
+    from tqdm.auto import tqdm
+
     files = [feature_file(out_dir, r.video_id) for r in records]
     if len(set(files)) != len(files):
         raise LgdnetError(f"{out_dir}: the list has repeated video ids; their feature files "
@@ -174,7 +187,7 @@ def extract_features(
         "config": getattr(predictor, "config", None),
     }
     summary.manifest = out_dir / "manifest.json"
-    temporary = out_dir / ".manifest.json.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(temporary, summary.manifest)
+    from lgdnet.atomic import write_text
+
+    write_text(summary.manifest, json.dumps(manifest, indent=2, default=str) + "\n")
     return summary

@@ -2,7 +2,10 @@
 
 * ``metrics.jsonl`` / ``metrics.csv``: one record per epoch (stage, epoch, losses, accuracy,
   learning rate, throughput, validation accuracy).
-* ``steps.jsonl``: one record per optimiser step (stage, epoch, step, losses, lr).
+* ``steps.jsonl``: one record per optimiser step (stage, epoch, step, losses, lr), appended
+  line by line (a line cut short by a kill is dropped on resume).
+
+The epoch files and the curves are rewritten whole through :mod:`lgdnet.atomic`.
 * optionally TensorBoard event files under ``tensorboard/`` (when ``tensorboard`` is
   installed).
 * ``training_curves.png``: the local and global losses of stage 1 drawn separately (as in
@@ -12,11 +15,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from lgdnet.atomic import append_line, write_bytes, write_text
 
 EPOCH_FIELDS = [
     "stage", "epoch", "lr", "loss", "global_loss", "local_loss", "accuracy", "val_accuracy",
@@ -40,6 +46,7 @@ class MetricsLogger:
         self.csv_path = self.run_dir / "metrics.csv"
         self.steps_path = self.run_dir / "steps.jsonl"
         self.writer = None
+        self._epochs: list[dict[str, Any]] = []
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -59,7 +66,7 @@ class MetricsLogger:
             last_step: per stage, the last optimiser step the checkpoint includes; later
                 step records (written after that checkpoint by a killed run) are dropped.
         """
-        self._write_epochs(epoch_records)
+        self._write_epochs(list(epoch_records))
         kept = []
         if self.steps_path.exists():
             for line in self.steps_path.read_text(encoding="utf-8").splitlines():
@@ -69,26 +76,23 @@ class MetricsLogger:
                     continue
                 if record.get("step", 0) <= last_step.get(record.get("stage"), 0):
                     kept.append(line)
-        self.steps_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        write_text(self.steps_path, "".join(f"{line}\n" for line in kept))
 
     def _write_epochs(self, records: list[dict[str, Any]]) -> None:
-        self.epochs_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        with self.csv_path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for record in records:
-                writer.writerow(record)
+        """Both epoch files, each written whole (:func:`lgdnet.atomic.atomic_write`)."""
+        self._epochs = records
+        write_text(self.epochs_path, "".join(json.dumps(r) + "\n" for r in records))
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow(record)
+        write_text(self.csv_path, buffer.getvalue())
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        """Append one epoch record to ``metrics.jsonl`` and ``metrics.csv``."""
-        with self.epochs_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        new_csv = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        with self.csv_path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=EPOCH_FIELDS, extrasaction="ignore")
-            if new_csv:
-                writer.writeheader()
-            writer.writerow(record)
+        """Add one epoch record to ``metrics.jsonl`` and ``metrics.csv`` (rewritten whole:
+        a full disk leaves the previous files, never a half line)."""
+        self._write_epochs([*self._epochs, record])
         if self.writer is not None:
             step = record["epoch"]
             for key in ("loss", "global_loss", "local_loss", "accuracy", "val_accuracy", "lr"):
@@ -99,8 +103,7 @@ class MetricsLogger:
 
     def log_step(self, record: dict[str, Any]) -> None:
         """Append one optimiser-step record to ``steps.jsonl``."""
-        with self.steps_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.steps_path, json.dumps(record))
         if self.writer is not None:
             for key in ("loss", "global_loss", "local_loss", "lr"):
                 value = record.get(key)
@@ -179,7 +182,8 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=100, format="png")
     plt.close(fig)
+    write_bytes(path, image.getvalue())
     return path

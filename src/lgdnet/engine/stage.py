@@ -67,6 +67,7 @@ class StageContext:
     run_dir: Any  # pathlib.Path
     batch_size: int  # effective
     logger: Any = None  # MetricsLogger on rank 0, else None
+    collate_fn: Any = collate_train  # items -> a batch dict with "label" (None: all skipped)
 
 
 def _save(ctx: StageContext, name: str, model: torch.nn.Module, state: StageState,
@@ -134,7 +135,7 @@ def setup_stage(model: torch.nn.Module, stage: int, ctx: StageContext) -> StageR
         ctx.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
         seed=config.run.seed + stage, drop_last=False)
     # one loader for the whole stage, its workers started once (lgdnet.engine.stage_loader)
-    loader = StageLoader(ctx.train_set, micro, config.data.num_workers, collate_fn=collate_train,
+    loader = StageLoader(ctx.train_set, micro, config.data.num_workers, collate_fn=ctx.collate_fn,
                          pin_memory=device.type == "cuda",
                          persistent=config.data.persistent_workers)
     return StageRun(model=model, net=net, stage=stage, epochs=epochs, micro=micro,
@@ -232,7 +233,10 @@ def fit_stage(
 
     Validates every ``run.eval_every`` epochs (one view per video) and writes the checkpoints
     ``stage{N}_last`` (every epoch, with the training state) and ``stage{N}_best`` (the best
-    validation accuracy; the lowest training loss without a validation set). If training
+    validation accuracy; without a validation metric, that is without a validation list or
+    with ``run.eval_every=0``, the model of the last epoch, see :func:`has_validation`). An
+    epoch that trains on no clip at all (every video unreadable) stops the stage with a
+    :class:`~lgdnet.errors.LgdnetError` before any checkpoint of it is written. If training
     stops with an exception or Ctrl-C, ``stage{N}_last`` is written first, recording how far
     the epoch got, so ``--resume`` continues from there.
 
@@ -251,10 +255,19 @@ def fit_stage(
         resume_stage(run, resume)
     state = run.state
     show_bar = config.run.progress and ctx.dist.is_main and is_tty()
+    validated = has_validation(ctx)
     for epoch in range(state.epoch + 1, run.epochs + 1):
+        steps_before = state.global_step
         record = run_epoch(run, epoch, ctx, show_bar)
+        if state.global_step == steps_before:
+            run.loader.close()
+            from lgdnet.errors import LgdnetError
+
+            raise LgdnetError(
+                f"{config.data.train_list}: stage {stage} epoch {epoch} trained on no clip: "
+                "every video was unreadable (the warnings above name them)")
         every = config.run.eval_every
-        if ctx.val_set is not None and every and (epoch % every == 0 or epoch == run.epochs):
+        if validated and (epoch % every == 0 or epoch == run.epochs):
             record["val_accuracy"] = validate_one_view(
                 model, ctx.val_set, device=ctx.dist.device, batch_size=run.micro,
                 precision=config.optim.precision, num_workers=config.data.num_workers)
@@ -262,14 +275,23 @@ def fit_stage(
         if ctx.logger is not None:
             ctx.logger.log_epoch(record)
             log.info("%s", epoch_line(record, run.epochs))
-        if ctx.val_set is not None:
+        if validated:
             metric = record.get("val_accuracy", -math.inf)
-        else:
-            metric = -record["loss"]
-        if metric > state.best_metric:
-            state.best_metric, state.best_epoch = metric, epoch
-            _save(ctx, f"stage{stage}_best", model, state, None)
+            if metric > state.best_metric:
+                state.best_metric, state.best_epoch = metric, epoch
+                _save(ctx, f"stage{stage}_best", model, state, None)
+        else:  # no validation metric: the stage's model is its last epoch's
+            state.best_epoch = epoch
         _save(ctx, f"stage{stage}_last", model, state, run.training_state())
         distributed.barrier()
     run.loader.close()
+    if not validated and state.epoch > 0:
+        _save(ctx, f"stage{stage}_best", model, state, None)
+        distributed.barrier()
     return state
+
+
+def has_validation(ctx: StageContext) -> bool:
+    """Whether the stage is validated: a validation list and ``run.eval_every > 0``; the
+    stage's best model is then the best validation epoch's, otherwise the last epoch's."""
+    return ctx.val_set is not None and bool(ctx.config.run.eval_every)

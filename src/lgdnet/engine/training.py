@@ -15,6 +15,7 @@ checkpoints of one stage) and :func:`train` (the whole run from a configuration)
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -38,8 +39,9 @@ from lgdnet.engine.stage import (  # noqa: F401  (re-exported)
     StageRun,
     StageState,
     fit_stage,
+    has_validation,
 )
-from lgdnet.errors import ConfigError
+from lgdnet.errors import AnnotationError, CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,26 @@ def train(config: Any, resume: bool | str | None = None) -> dict[str, Any]:
     ``stage{N}_last`` first, as of its last optimiser step.
 
     Writes into ``run.out_dir``: checkpoints ``stage{N}_last``/``stage{N}_best`` and ``best``
-    (the final model to use), ``config.yaml``, ``metrics.jsonl``/``.csv``, ``steps.jsonl``,
-    ``training_curves.png``, ``stage{N}_eval/`` (scores, metrics, confusion matrix).
+    (the final model to use: the final stage's best validation epoch, or without a validation
+    metric its last epoch, as ``summary["best_reason"]`` says), ``config.yaml``,
+    ``metrics.jsonl``/``.csv``, ``steps.jsonl``, ``training_curves.png``, ``stage{N}_eval/``
+    (scores, metrics, confusion matrix). The folder is locked for the run
+    (:func:`lgdnet.locking.output_lock`): a second run into it is refused.
+
+    Raises:
+        ConfigError: ``run.device`` names a device this machine lacks (checked before
+            anything is written), or settings that cannot train.
+        FolderLockedError: another process is training into ``run.out_dir``.
+        AnnotationError: the training (or validation) list holds no video.
+        LgdnetError: an epoch trained on no clip (every video unreadable).
     """
+    import contextlib
     import signal
     import threading
 
+    from lgdnet.locking import output_lock
+
+    # the device is checked before anything is written (and before the folder is locked)
     dist = distributed.init_distributed(config.run.device)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = config.run.cudnn_benchmark
@@ -98,7 +114,10 @@ def train(config: Any, resume: bool | str | None = None) -> dict[str, Any]:
         previous = signal.signal(signal.SIGTERM, stop)
     finished = False
     try:
-        result = _train(config, dist, resume)
+        lock = (output_lock(config.run.out_dir, what="run.out_dir") if dist.is_main
+                else contextlib.nullcontext())
+        with lock:
+            result = _train(config, dist, resume)
         finished = True
         return result
     finally:
@@ -127,18 +146,28 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
         run_dir.mkdir(parents=True, exist_ok=True)
 
     # data and model; the number of classes comes from the training list unless set
-    classes = list(builders.load_split(config.data, "train").classes)
+    split = builders.load_split(config.data, "train")
+    if not split.records:  # refused before a model is built or a step "trains"
+        raise AnnotationError(config.data.train_list, None, "no videos to train on (data.train_list)")
+    classes = list(split.classes)
     model = builders.build_model(config, num_classes=len(classes))
     kind = model.kind
     train_set, classes = builders.build_train_dataset(config, kind)
     val_one = builders.build_val_dataset(config, kind, classes, views="one") if config.data.val_list else None
+    if val_one is not None and len(val_one) == 0:
+        raise AnnotationError(config.data.val_list, None, "no videos to validate on (data.val_list)")
     batch_size = config.optim.batch_size or (64 if kind == "3d" else 128)  # Sec. 5.2
 
     resume_path, resume_stage, resume_state = None, 0, None
     if resume:
         resume_path = find_resume_checkpoint(run_dir, resume)
-        resume_stage = int(read_metadata(resume_path)["stage"])
-        resume_state = load_training_state(resume_path)
+        resume_meta = read_metadata(resume_path)
+        try:
+            resume_stage = int(resume_meta["stage"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{resume_path}: metadata lacks the training stage") from None
+        resume_state = load_training_state(resume_path, complete=True)
+        _warn_changed_settings(resume_meta.get("config"), config, resume_path)
     elif config.model.init_checkpoint:
         meta = read_metadata(config.model.init_checkpoint)
         if int(meta.get("stage", 1)) == 2:
@@ -160,8 +189,9 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
     summary: dict[str, Any] = {"run_dir": str(run_dir), "classes": classes, "stages": {}}
     try:
         for stage in config.run.stages:
-            if stage < resume_stage:
-                continue  # finished before the resumed checkpoint
+            if stage < resume_stage:  # finished before the resumed checkpoint
+                summary["stages"][stage] = _finished_stage_summary(run_dir, stage)
+                continue
             if stage == 2 and model.stage == 1:
                 # Sec. 4.3: stage 2 starts from the trained stage-1 network
                 for name in ("stage1_best", "stage1_last"):
@@ -186,9 +216,11 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
             distributed.barrier()
             if best.is_file():
                 _load_into(model, best)
-            stage_summary: dict[str, Any] = {"best_epoch": state.best_epoch,
-                                             "best_metric": state.best_metric,
-                                             "epochs": state.epoch}
+            stage_summary: dict[str, Any] = {
+                "best_epoch": state.best_epoch,
+                "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
+                "best_by": "val_accuracy" if has_validation(ctx) else "last_epoch",
+                "epochs": state.epoch}
             if config.data.val_list and config.run.final_eval:
                 stage_summary["eval"] = _final_evaluation(model, ctx, stage)
             summary["stages"][stage] = stage_summary
@@ -196,12 +228,21 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
         if logger is not None:
             logger.close()
 
-    final = checkpoint_paths(run_dir / f"stage{model.stage}_best")
+    # the final model: the final stage's best checkpoint (or its last); the summary points
+    # only at files that exist
+    final_stage = config.run.stages[-1]
     best_weights, _ = checkpoint_paths(run_dir / "best")
-    if dist.is_main and final[0].is_file():
-        data = final[0].read_bytes()
+    source = None
+    for name in (f"stage{final_stage}_best", f"stage{final_stage}_last"):
+        if checkpoint_paths(run_dir / name)[0].is_file():
+            source = checkpoint_paths(run_dir / name)[0]
+            break
+    if dist.is_main and source is not None:
+        data = source.read_bytes()
         atomic_write(best_weights, lambda handle: handle.write(data))
-    summary["best_checkpoint"] = str(best_weights)
+    distributed.barrier()
+    summary["best_checkpoint"] = str(best_weights) if source is not None else None
+    summary["best_reason"] = _best_reason(config, summary["stages"].get(final_stage), source)
     if dist.is_main:
         from lgdnet.engine.records import read_jsonl
 
@@ -215,13 +256,79 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
     return summary
 
 
+def _best_reason(config: Any, stage_summary: dict[str, Any] | None, source: Any) -> str:
+    """Why ``best`` is the model it is, for the summary."""
+    if source is None:
+        return "no checkpoint of the final stage was written"
+    stage = config.run.stages[-1]
+    epoch = (stage_summary or {}).get("best_epoch")
+    if (stage_summary or {}).get("best_by") == "val_accuracy":
+        return f"stage {stage} epoch {epoch}: the best one-view validation accuracy"
+    why = ("no validation list (data.val_list)" if not config.data.val_list
+           else "validation is off (run.eval_every=0)")
+    return f"stage {stage} epoch {epoch}, the last: {why}, so no validation metric"
+
+
+def _finished_stage_summary(run_dir: Any, stage: int) -> dict[str, Any]:
+    """The summary of a stage finished before the checkpoint a run was resumed from."""
+    from lgdnet.engine.checkpoint import checkpoint_paths, load_training_state
+
+    if not checkpoint_paths(run_dir / f"stage{stage}_last")[1].is_file():
+        return {}
+    progress = load_training_state(run_dir / f"stage{stage}_last", complete=True)["progress"]
+    best_metric = progress["best_metric"]
+    validated = any("val_accuracy" in record for record in progress["history"])
+    result: dict[str, Any] = {
+        "best_epoch": progress["best_epoch"] or progress["epoch"],
+        "best_metric": best_metric if math.isfinite(best_metric) else None,
+        "best_by": "val_accuracy" if validated else "last_epoch", "epochs": progress["epoch"]}
+    metrics_file = run_dir / f"stage{stage}_eval" / "metrics.json"
+    if metrics_file.is_file():
+        import json
+
+        try:
+            result["eval"] = json.loads(metrics_file.read_text(encoding="utf-8"))["metrics"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    return result
+
+
+#: Settings whose change makes a resumed run differ from the uninterrupted one.
+_RESUME_SENSITIVE = {
+    "optim": ("batch_size", "micro_batch_size", "epochs", "stage2_epochs", "lr", "stage2_lr",
+              "lr_step", "stage2_lr_step", "lr_gamma", "momentum", "weight_decay", "precision"),
+    "data": ("num_frames", "frame_stride", "crop_size", "train_resize", "train_list"),
+    "run": ("seed", "stages"),
+}
+
+
+def _warn_changed_settings(saved: Any, config: Any, checkpoint: Any) -> None:
+    """Warn when a run resumes with settings other than those its checkpoint was trained
+    with: it then goes on, but no longer repeats the uninterrupted run."""
+    from lgdnet.engine.config import config_to_dict
+
+    if not isinstance(saved, dict):
+        return
+    now = config_to_dict(config)
+    changes = []
+    for section, keys in _RESUME_SENSITIVE.items():
+        before = saved.get(section) or {}
+        for key in keys:
+            if key in before and before[key] != now[section].get(key):
+                changes.append(f"{section}.{key} {before[key]!r} -> {now[section][key]!r}")
+    if changes:
+        log.warning("resuming from %s with changed settings: %s; the run goes on from the "
+                    "checkpoint but will not repeat the uninterrupted run", checkpoint,
+                    ", ".join(changes))
+
+
 def _stage_history(run_dir: Any, stage: int) -> list[dict[str, Any]]:
     """Epoch records of a finished stage, from its last checkpoint."""
     from lgdnet.engine.checkpoint import checkpoint_paths, load_training_state
 
     if not checkpoint_paths(run_dir / f"stage{stage}_last")[1].is_file():
         return []
-    return load_training_state(run_dir / f"stage{stage}_last")["progress"]["history"]
+    return load_training_state(run_dir / f"stage{stage}_last", complete=True)["progress"]["history"]
 
 
 def _last_steps(run_dir: Any, resume_stage: int, resume_state: dict[str, Any]) -> dict[int, int]:
