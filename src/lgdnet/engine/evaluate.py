@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lgdnet.atomic import write_text
 from lgdnet.engine.metrics import (
     ScoreFile,
     classification_metrics,
@@ -241,9 +242,7 @@ def save_evaluation(
     record = {"metrics": result.metrics, **(extra or {}), "classes": list(classes),
               "config": config}
     metrics_path = out_dir / "metrics.json"
-    temporary = metrics_path.with_name(metrics_path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(temporary, metrics_path)
+    write_text(metrics_path, json.dumps(record, indent=2, default=str) + "\n")
     paths["metrics"] = metrics_path
     if len(result.labels):
         matrix = confusion_matrix(ranked_classes(result.scores)[:, 0], result.labels,

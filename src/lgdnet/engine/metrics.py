@@ -148,10 +148,13 @@ def plot_confusion_matrix(
                     axes.text(column, row, f"{int(matrix[row, column])}", ha="center",
                               va="center", fontsize=font, color=colour)
     figure.tight_layout()
+    from lgdnet.atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda handle: figure.savefig(handle, dpi=100, format="png"))
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -179,17 +182,16 @@ class ScoreFile:
 
 def save_scores(path: str | os.PathLike, result: ScoreFile) -> Path:
     """Write ``scores.npz`` (scores, labels, video_ids, classes) atomically."""
+    from lgdnet.atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        temporary,
+    atomic_write(path, lambda handle: np.savez(
+        handle,
         scores=np.asarray(result.scores, dtype=np.float32),
         labels=np.asarray(result.labels, dtype=np.int64),
         video_ids=np.asarray(result.video_ids, dtype=str),
         classes=np.asarray(result.classes, dtype=str),
-    )
-    os.replace(temporary, path)
+    ))
     return path
 
 
