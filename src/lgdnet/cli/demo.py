@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "goes under ./lgdnet-demo (or --out)."
         ),
     )
-    parser.add_argument("--out", default="lgdnet-demo", metavar="DIR",
+    parser.add_argument("--out", default=None, metavar="DIR",
                         help="demo folder: data/, run/ (checkpoints, plots), run/eval/ "
                              "(default: ./lgdnet-demo)")
     parser.add_argument("--quick", action="store_true",
@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=["full", "quick", "tiny"], default=None,
                         help=argparse.SUPPRESS)  # "tiny": seconds, for the test suite
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--task", choices=["classification", "detection"],
+                        default="classification",
+                        help="classification (default), or detection: spatio-temporal action "
+                             "detection with LGD-3D's local features (Sec. 5.6), into "
+                             "./lgdnet-demo-detection unless --out")
     parser.set_defaults(func=run)
 
 
@@ -38,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
     previous = torch.get_num_threads()
     torch.set_num_threads(demo_threads())
     try:
-        run_demo(args.out, mode=mode, seed=args.seed, progress=not args.no_progress)
+        if args.task == "detection":
+            from lgdnet.apps.detection_demo import run_detection_demo
+
+            run_detection_demo(args.out or "lgdnet-demo-detection", mode=mode, seed=args.seed,
+                               progress=not args.no_progress)
+        else:
+            run_demo(args.out or "lgdnet-demo", mode=mode, seed=args.seed,
+                     progress=not args.no_progress)
     finally:
         torch.set_num_threads(previous)
     return 0
