@@ -71,8 +71,13 @@ def test_fine_tune_detect_link_evaluate(setup, tmp_path):
     values = [metrics["frame_mAP"]["0.5"], *metrics["video_mAP"].values()]
     assert set(metrics["video_mAP"]) == {"0.2", "0.5"}
     assert all(0.0 <= v <= 1.0 for v in values)
-    baseline = evaluate_detections(gt, *uniform_detections(gt, proposals), 1)
-    assert baseline["video_mAP"]["0.5"] == 0.0  # 1/K < 1/2: the trimming keeps no frame
+    uniform = evaluate_detections(gt, *uniform_detections(gt, proposals, score=0.5 - 1e-3), 1)
+    assert uniform["video_mAP"]["0.5"] == 0.0  # below 1/2 the trimming keeps no frame
+    base_tubes, _ = uniform_detections(gt, proposals)  # the proposals' own scores, every class
+    assert base_tubes and {t.label for t in base_tubes} == {0, 1}
+    for tube in base_tubes:  # one tube per path and class, the same boxes for each class
+        twins = [t for t in base_tubes if t.video == tube.video and t.score == tube.score]
+        assert len({t.label for t in twins}) == 2
     path = tmp_path / "detections.json"
     save_detections(path, tubes, frames)
     again, frames_again = load_detections(path, gt)

@@ -229,13 +229,22 @@ def uniform_detections(
     gt: Any, proposals: Mapping[str, Mapping[int, np.ndarray]], split: int = 1, *,
     score: float | None = None, linking: LinkingConfig | None = None, subset: str = "test",
 ) -> tuple[list[Tube], FrameDetectionArrays]:
-    """The trivial baseline: the same proposals with one score for every class (``1/K`` by
-    default), linked and trimmed exactly as the detector's. It measures what the proposals
-    and the linker give without any classifier."""
+    """The trivial baseline: the same proposals and linker without a classifier. Every class
+    gets the same score for a proposal: the proposal's own (objectness) score by default, so
+    the linker and the trimming see where the actors are but nothing of what they do; or
+    ``score`` for every proposal (``1/K`` gives no tube at all: below 1/2 the trimming labels
+    every frame background). Linked and trimmed exactly as the detector's."""
     num_classes = len(gt.labels)
-    value = 1.0 / num_classes if score is None else float(score)
     scored = []
     for video in gt.split_videos(split, subset):
-        boxes = _proposal_boxes(proposals.get(video, {}), gt.nframes[video])
-        scored.append((video, boxes, [np.full((len(b), num_classes), value) for b in boxes]))
+        per_frame = proposals.get(video, {})
+        boxes = _proposal_boxes(per_frame, gt.nframes[video])
+        scores = []
+        for t, b in enumerate(boxes, start=1):
+            if score is None and len(b):
+                own = np.asarray(per_frame[t], np.float32).reshape(-1, 5)[:, 4]
+                scores.append(np.repeat(own[:, None], num_classes, axis=1))
+            else:
+                scores.append(np.full((len(b), num_classes), 0.0 if score is None else score))
+        scored.append((video, boxes, scores))
     return link_videos(scored, linking), frame_detections(scored)
