@@ -59,12 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--task", default="embedded",
-                        choices=("embedded", "relations", "relations-paper-init",
+                        choices=("embedded", "relations", "relations-authors-init",
                                  "relations-preliminary"),
                         help="embedded (default): the embedded action dataset; relations: the "
                              "far and near relation tasks (lgdnet.apps.relations, "
-                             "docs/ablations.md), with the authors' initialisation; "
-                             "relations-paper-init: the same with Xavier (Sec. 5.2); "
+                             "docs/ablations.md), Xavier initialisation (Sec. 5.2); "
+                             "relations-authors-init: the same with the authors' code's; "
                              "relations-preliminary: a few minutes, 3D, far task, 2 seeds")
     parser.set_defaults(func=run)
 
@@ -108,7 +108,7 @@ def run_relation_grid(args: argparse.Namespace) -> int:
     from lgdnet.apps.relations import RELATION_MODES, run_relations
     from lgdnet.locking import output_lock
 
-    mode = "quick" if args.quick else {"relations": "full", "relations-paper-init": "paper-init",
+    mode = "quick" if args.quick else {"relations": "full", "relations-authors-init": "authors-init",
                                        "relations-preliminary": "preliminary"}[args.task]
     changes = {name: getattr(args, name) for name in ("seeds", "epochs", "lr", "clips_per_class",
                                                       "networks", "memory_format")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lgdnet.models.init import init_scratch, load_imagenet_2d, zero_global_to_local
+from lgdnet.models.init import init_authors, init_scratch, load_imagenet_2d, zero_global_to_local
 from lgdnet.models.layout import to_memory_format
-from lgdnet.models.lgd_block import DIFFUSIONS
+from lgdnet.models.lgd_block import DIFFUSIONS, ORDERS, LGDBlock
 from lgdnet.models.network import LGD2D, LGD3D, LGDNet
 
 
@@ -43,9 +43,11 @@ _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
 
 R50, R101, TINY = (3, 4, 6, 3), (3, 4, 23, 3), (1, 1, 1, 1)
 _COMMON_OPTIONS = ("diffusion", "rank_ratio", "in_channels", "init", "pretrained", "dropout",
-                   "layers", "base_width", "global_residual_init")  # fmt: skip
+                   "layers", "base_width", "global_residual_init", "init_scheme",
+                   "block_order")  # fmt: skip
 GLOBAL_RESIDUAL_INITS = ("xavier", "zero")
-_OPTIONS = {"3d": _COMMON_OPTIONS, "2d": (*_COMMON_OPTIONS, "num_segments")}
+INIT_SCHEMES = ("paper", "authors")
+_OPTIONS = {"3d": (*_COMMON_OPTIONS, "temporal_pool"), "2d": (*_COMMON_OPTIONS, "num_segments")}
 
 
 def register_model(fn: Callable[[], ModelSpec]) -> Callable[[], ModelSpec]:
@@ -82,7 +84,15 @@ def create_model(
             paper's scratch initialisation of every weight, Sec. 5.2; or ``"zero"``: W^{x,g}
             starts at zero, as the paper does for ImageNet initialisation, so that a network
             trained from scratch starts as its no-diffusion counterpart plus a global path
-            that only reads), and for 2D models ``num_segments`` (T, 3).
+            that only reads), ``init_scheme`` (``"paper"``: Sec. 5.2, Xavier everywhere and
+            bias-free projections; ``"authors"``: as the authors' public LGD-P3D code,
+            Kaiming fan-out convolutions, projections with biases, PyTorch's default for
+            linear layers, the expanding half W1 of W^{x,g} zero; see
+            :func:`~lgdnet.models.init.init_authors`), ``block_order`` (``"paper"``:
+            Eq. 2 then Eq. 3; ``"authors"``: g_l from P(x_{l-1}) first and x_l from the new
+            g_l, as the authors' code; ``"lgd"`` and ``"v2"`` only), and for 2D models
+            ``num_segments`` (T, 3). ``init_scheme="authors"`` and ``block_order`` change the
+            parameters, so they are kept in ``build_args`` (when not ``"paper"``).
         memory_format: ``"channels_last"`` (default) stores the convolution weights
             channels-last, so every activation is channels-last: oneDNN's CPU convolutions
             run much faster so (``benchmarks/RESULTS.md``), and bf16/fp16 on CUDA gain too.
@@ -110,6 +120,13 @@ def create_model(
     if residual_init not in GLOBAL_RESIDUAL_INITS:
         raise ValueError(f"{name}: global_residual_init must be one of {GLOBAL_RESIDUAL_INITS}, "
                          f"got {residual_init!r}")
+    scheme = options.pop("init_scheme", "paper")
+    order = options.pop("block_order", "paper")
+    # pool1's temporal stride (3D): 4 is the 128-frame long form (Sec. 5.4); no parameters
+    temporal_pool = options.pop("temporal_pool", spec.temporal_pool)
+    if scheme not in INIT_SCHEMES or order not in ORDERS:
+        raise ValueError(f"{name}: init_scheme must be one of {INIT_SCHEMES} and block_order one "
+                         f"of {ORDERS}, got {scheme!r}, {order!r}")
     arch: dict[str, Any] = dict(
         diffusion=spec.diffusion,
         rank_ratio=16,
@@ -135,18 +152,34 @@ def create_model(
     )
     if spec.kind == "3d":
         model: LGDNet = LGD3D(
-            temporal_pool=spec.temporal_pool, default_input_size=spec.input_size, **common
+            temporal_pool=temporal_pool, default_input_size=spec.input_size, **common
         )
     else:
         size = (arch["num_segments"], *spec.input_size)
         model = LGD2D(default_input_size=size, **common)
-    init_scratch(model)
+    if scheme != "paper" or order != "paper":
+        _rebuild_blocks(model, order=order, bias=scheme == "authors")
+    (init_authors if scheme == "authors" else init_scratch)(model)
     if residual_init == "zero":
         zero_global_to_local(model)
     if init == "imagenet":
         model.init_report = load_imagenet_2d(model, pretrained)
-    model.build_args = {"name": name, "num_classes": num_classes, **arch}
+    extra = {k: v for k, v in (("init_scheme", scheme), ("block_order", order)) if v != "paper"}
+    if spec.kind == "3d" and temporal_pool != spec.temporal_pool:
+        extra["temporal_pool"] = temporal_pool
+    model.build_args = {"name": name, "num_classes": num_classes, **arch, **extra}
     return to_memory_format(model, memory_format)
+
+
+def _rebuild_blocks(model: LGDNet, *, order: str, bias: bool) -> None:
+    """Replace every LGD block by one with the authors' order and/or projection biases,
+    around the same local unit (the network's constructor builds paper blocks)."""
+    for index in range(1, 5):
+        stage = getattr(model, f"layer{index}")
+        for i, block in enumerate(stage):
+            stage[i] = LGDBlock(block.local_unit, block.in_channels, block.out_channels,
+                                block.diffusion, block.rank_ratio, layout=block.layout,
+                                epilogue=block.epilogue, order=order, bias=bias)
 
 
 def _check(name: str, num_classes: int, arch: dict, init: str, pretrained: Any) -> None:

@@ -3,6 +3,11 @@
 * ``"scratch"`` (:func:`init_scratch`): Xavier (uniform) for every convolution and every
   linear layer (the projections W of the LGD blocks and the classifiers), biases zero,
   BatchNorm weight 1 and bias 0.
+* ``init_scheme="authors"`` (:func:`init_authors`): what the authors' public LGD-P3D code
+  (``model/lgd_p3d_resnet.py`` of ZhaofanQiu/Optimization-Planning-for-3D-ConvNets) does for
+  every run: Kaiming-normal convolutions (fan-out, ReLU gain), BatchNorm 1 and 0, linear
+  layers (projections with biases, classifiers) at PyTorch's default initialisation, and the
+  expanding half W1 of every W^{x,g} zero (its bias keeps its default value).
 * ``"imagenet"`` (:func:`load_imagenet_2d`): spatial convolutions from a user-supplied 2D
   ResNet state dict (torchvision or timm format; nothing is downloaded), 2D kernels inflated
   to 1 x k x k; temporal convolutions set to the identity; ``W^{x,g}`` zero so the global
@@ -39,6 +44,29 @@ def init_scratch(model: nn.Module) -> None:
         elif isinstance(module, _NORMS):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def init_authors(model: nn.Module) -> None:
+    """Initialise ``model`` as the authors' public code does (see the module docstring).
+
+    The projections are expected to have biases (``LGDBlock(bias=True)``, which
+    ``create_model(init_scheme="authors")`` builds); W^{x,g}'s W1 starts at zero, so the
+    network starts as its backbone plus a constant (the bias of W1) in every block.
+    """
+    for module in model.modules():
+        if isinstance(module, _CONVS):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, _NORMS):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()  # PyTorch's default, which the authors' code keeps
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LGDBlock) and hasattr(module, "global_to_local"):
+                module.global_to_local.expand.weight.zero_()
 
 
 @torch.no_grad()

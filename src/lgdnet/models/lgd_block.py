@@ -20,6 +20,7 @@ Diffusion = Literal["lgd", "v1", "v2", "none"]
 DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
 LAYOUTS: tuple[str, ...] = ("clips", "frames")
 EPILOGUES: tuple[str, ...] = ("fused", "plain")
+ORDERS: tuple[str, ...] = ("paper", "authors")
 
 
 def low_rank(out_channels: int, rank_ratio: int) -> int:
@@ -51,21 +52,25 @@ def lgd_extra_parameters(
 
 
 class LowRankLinear(nn.Module):
-    """A bias-free projection W = W1 W2 of rank r (Sec. 3.1): ``reduce`` is W2, ``expand`` W1.
+    """A projection W = W1 W2 of rank r (Sec. 3.1): ``reduce`` is W2, ``expand`` W1.
+
+    The paper's projections have no bias; the authors' public code gives both factors one
+    (``bias=True``, used by ``create_model(init_scheme="authors")``).
 
     Args:
         in_features: C_a, the size of the input vector.
         out_features: C_b, the size of the output vector.
         rank: r, the inner dimension C_hat.
+        bias: add a bias to both factors.
 
     Shape:
         ``(N, C_a) -> (N, C_b)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = False) -> None:
         super().__init__()
-        self.reduce = nn.Linear(in_features, rank, bias=False)
-        self.expand = nn.Linear(rank, out_features, bias=False)
+        self.reduce = nn.Linear(in_features, rank, bias=bias)
+        self.expand = nn.Linear(rank, out_features, bias=bias)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return self.expand(self.reduce(v))
@@ -187,6 +192,13 @@ class LGDBlock(nn.Module):
     * ``"none"``: ``x_l = ReLU(F(x_{l-1}))``, the plain residual unit; ``g`` passes through
       untouched (the network takes P(x_L) as its global vector).
 
+    ``order="authors"`` (``"lgd"`` and ``"v2"`` only) is the order of the authors' public
+    LGD-P3D code: the new global vector is computed first, from the block's *input*,
+    ``g_l = ReLU(W^{g,x} P(x_{l-1}) + W^{g,g} g_{l-1})``, and the local path receives the new
+    one, ``x_l = ReLU(F(x_{l-1}) + US(W^{x,g} g_l))`` (``"v2"``: the gate of ``g_l``). So
+    W^{g,x} maps C_in -> C_out and W^{x,g} C_out -> C_out; the block's last local map x_L
+    never reaches g_L (the network's P(x_L) goes to the local classifier only).
+
     P is the global average over T x H x W. Each W is low rank, ``W = W1 W2`` with rank
     ``C_out // rank_ratio``. Where the block changes channels (the first block of a stage) the
     projections map between the sizes: W^{x,g}: C_in -> C_out, W^{g,g}: C_in -> C_out,
@@ -203,6 +215,8 @@ class LGDBlock(nn.Module):
             clip count N is that of ``g``).
         epilogue: ``"fused"`` (Eq. 2 and P of Eq. 3 as one autograd node in training, see
             :func:`residual_relu_pool`) or ``"plain"`` (autograd of the formula as written).
+        order: ``"paper"`` (Eq. 2 then Eq. 3) or ``"authors"`` (see above).
+        bias: give the projections W biases (the authors' code; the paper has none).
 
     Shape:
         ``x: (N, C_in, T, H, W), g: (N, C_in) -> x: (N, C_out, T', H', W'), g: (N, C_out)``
@@ -219,6 +233,8 @@ class LGDBlock(nn.Module):
         rank_ratio: int = 16,
         layout: str = "clips",
         epilogue: str = "fused",
+        order: str = "paper",
+        bias: bool = False,
     ) -> None:
         super().__init__()
         if diffusion not in DIFFUSIONS:
@@ -227,18 +243,26 @@ class LGDBlock(nn.Module):
             raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
         if epilogue not in EPILOGUES:
             raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
+        if order not in ORDERS or (order == "authors" and diffusion not in ("lgd", "v2")):
+            raise ValueError(f"order must be one of {ORDERS} ('authors' only with diffusion "
+                             f"'lgd' or 'v2'), got {order!r} with {diffusion!r}")
         self.local_unit = local_unit
         self.diffusion = diffusion
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.layout = layout
         self.epilogue = epilogue
+        self.order = order
+        self.rank_ratio = rank_ratio
+        self.bias = bias
         rank = low_rank(out_channels, rank_ratio)
+        # the authors' order reads P(x_{l-1}) (C_in) and broadcasts g_l (C_out)
+        first, second = (in_channels, out_channels) if order == "paper" else (out_channels, in_channels)
         if diffusion != "none":
-            self.global_to_local = LowRankLinear(in_channels, out_channels, rank)  # W^{x,g}
+            self.global_to_local = LowRankLinear(first, out_channels, rank, bias)  # W^{x,g}
         if diffusion in ("lgd", "v2"):
-            self.local_to_global = LowRankLinear(out_channels, out_channels, rank)  # W^{g,x}
-            self.global_to_global = LowRankLinear(in_channels, out_channels, rank)  # W^{g,g}
+            self.local_to_global = LowRankLinear(second, out_channels, rank, bias)  # W^{g,x}
+            self.global_to_global = LowRankLinear(in_channels, out_channels, rank, bias)  # W^{g,g}
 
     def forward(
         self, x: torch.Tensor, g: torch.Tensor | None
@@ -248,6 +272,16 @@ class LGDBlock(nn.Module):
             return F.relu(out, inplace=True), g
         if g is None:
             raise ValueError("an LGD block needs the global vector g_{l-1}")
+        if self.order == "authors":  # g_l from the block's input, then x_l from g_l
+            inputs, _, dims = as_clips(x, g.shape[0], self.layout)
+            g = F.relu(self.local_to_global(inputs.mean(dims)) + self.global_to_global(g))
+            if self.diffusion == "v2":
+                clips, shape, _ = as_clips(out, g.shape[0], self.layout)
+                gate = torch.sigmoid(self.global_to_local(g))
+                return F.relu(clips * spread(gate, shape)).view(out.shape), g  # Eq. (9), g_l
+            out, _ = residual_relu_pool(  # Eq. (2) with g_l in place of g_{l-1}
+                out, self.global_to_local(g), self.layout, self.epilogue == "fused")
+            return out, g
         if self.diffusion == "v2":
             clips, shape, dims = as_clips(out, g.shape[0], self.layout)
             gate = torch.sigmoid(self.global_to_local(g))
