@@ -38,7 +38,11 @@ def test_example_config_is_valid(path, tmp_path):
             config, model=dataclasses.replace(config.model, pretrained=str(weights)))
     validate_config(config)
     assert config.model.name in list_models()
-    assert config.optim.lr == pytest.approx(0.01)  # Sec. 5.2
+    if config.model.init_checkpoint:  # fine-tuning (Sec. 5.6): TSN/TSM's recipe
+        assert config.optim.lr == pytest.approx(0.001) and config.run.final_eval
+        assert config.data.format in ("ucf101", "hmdb51") and config.data.val_list
+    else:
+        assert config.optim.lr == pytest.approx(0.01)  # Sec. 5.2
     # through the builder training uses (on the meta device: shapes, no arithmetic)
     with torch.device("meta"):
         model = builders.build_model(config, num_classes=5)

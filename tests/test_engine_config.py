@@ -73,7 +73,7 @@ def test_unknown_section_in_file(tmp_path):
 
 @pytest.mark.parametrize("text, key", [
     ("optim:\n  lr: fast\n", "optim.lr"),
-    ("optim:\n  epochs: 2.5\n", "optim.epochs"),
+    ("optim:\n  epochs: many\n", "optim.epochs"),
     ("run:\n  tensorboard: 1\n", "run.tensorboard"),
     ("optim:\n  epochs: true\n", "optim.epochs"),  # a bool is not an int here
     ("data:\n  train_resize: [1, 2, 3]\n", "data.train_resize"),
@@ -128,7 +128,13 @@ def test_overrides_parse_by_field_type():
     ("lr=0.1", "lr"),
     ("optim.lr", "section.key=value"),
     ("optim.lr=fast", "optim.lr"),
-    ("optim.epochs=2.5", "optim.epochs"),
+    ("optim.epochs=2.5x", "optim.epochs"),
+    ("optim.freeze_bn=some", "optim.freeze_bn"),
+    ("optim.backbone_lr_mult=-1", "optim.backbone_lr_mult"),
+    ("optim.freeze_backbone_epochs=-1", "optim.freeze_backbone_epochs"),
+    ("model.stage2_temporal_pool=0", "model.stage2_temporal_pool"),
+    ("data.stage2_num_frames=0", "data.stage2_num_frames"),
+    ("optim.stage2_epochs=0", "optim.stage2_epochs"),
     ("run.tensorboard=maybe", "run.tensorboard"),
     ("data.train_resize=1,2,3", "data.train_resize"),
 ])
@@ -150,3 +156,26 @@ def test_flow_input_channels_follow_the_modality(name, stack, channels):
     wrong = apply_overrides(config, [f"model.in_channels={channels + 1}"])
     with pytest.raises(ConfigError, match="in_channels"):
         build_model(wrong, num_classes=4)
+
+
+def test_fractional_epochs_and_stage2_batches():
+    """Sec. 5.4's long stage: 12.5 epochs, 16 clips per mini-batch, in stage 2 only."""
+    from lgdnet.engine.config import epoch_plan, stage_batch
+
+    optim = apply_overrides(Config(), ["optim.stage2_epochs=12.5", "optim.batch_size=64",
+                                       "optim.micro_batch_size=8", "optim.stage2_batch_size=16",
+                                       "optim.stage2_micro_batch_size=2"]).optim
+    assert stage_settings(optim, 2)[0] == 12.5 and stage_settings(optim, 1)[0] == 50
+    assert epoch_plan(12.5) == (13, 0.5) and epoch_plan(50.0) == (50, 1.0)
+    assert epoch_plan(0.25) == (1, 0.25)
+    assert stage_batch(optim, 1) == (64, 8) and stage_batch(optim, 2) == (16, 2)
+    # null: the stage-1 value
+    assert stage_batch(Config().optim, 2) == stage_batch(Config().optim, 1) == (0, 0)
+
+
+def test_stage2_temporal_pool_needs_a_3d_model():
+    from lgdnet.engine.builders import build_model
+
+    config = apply_overrides(Config(), ["model.name=lgd2d_tiny", "model.stage2_temporal_pool=4"])
+    with pytest.raises(ConfigError, match="model.stage2_temporal_pool"):
+        build_model(config, num_classes=3)

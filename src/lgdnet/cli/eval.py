@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         annotations = match_list_classes(annotations, classes)
         if not annotations.records:
             raise LgdnetError(f"{args.list}: no videos in subset {args.subset!r}")
-        spec = inference_sampling(config, model.kind, views=args.views, crops=args.crops)
+        spec = inference_sampling(config, model.kind, views=args.views, crops=args.crops,
+                                  stage=model.stage)
         out_dir = Path(args.out) if args.out else weights.parent / "eval"
         lock = output_lock(out_dir, what="--out") if context.is_main else contextlib.nullcontext()
         stack.enter_context(lock)

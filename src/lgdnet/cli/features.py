@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "For every video of an annotation list, write OUT/<video_id>.npz with the local "
             "map x_L and the global vector g_L of the last LGD block (Sec. 3.1), averaged over "
             "the test views (Sec. 5.2), plus OUT/manifest.json. Finished videos are skipped, "
-            "so an interrupted run continues where it stopped."
+            "so an interrupted run continues where it stopped. The files are plain NumPy "
+            "archives (numpy.load; torch.from_numpy), readable without lgdnet."
         ),
     )
     parser.add_argument("list", metavar="LIST",
@@ -32,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool-local", default="none", choices=["none", "mean", "time"],
                         help="pool the local map: none (C,T,H,W), mean over space-time (C), "
                              "or over time (C,H,W)")
+    parser.add_argument("--outputs", nargs="+", default=["local", "global"],
+                        choices=["global", "local", "local_pooled"], metavar="ARRAY",
+                        help="arrays in each file: global (g_L, C), local (x_L, pooled as "
+                             "--pool-local says; C,T,H,W by default), local_pooled (P(x_L), C); "
+                             "default: local global")
     parser.add_argument("--per-view", action="store_true",
                         help="keep every test view (leading axis V) instead of averaging")
     add_views(parser)
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     summary = extract_features(predictor, annotations.records, args.out,
                                pooling=args.pool_local, per_view=args.per_view,
                                num_workers=args.workers, progress=not args.no_progress,
-                               classes=annotations.classes)
+                               classes=annotations.classes, outputs=tuple(args.outputs))
     print(f"features of {summary.written} videos written to {args.out}"
           + (f" ({summary.skipped_existing} already there)" if summary.skipped_existing else ""))
     print(f"manifest: {summary.manifest}")

@@ -14,6 +14,7 @@ import torch
 from lgdnet.engine.config import Config, DataConfig, ModelConfig
 from lgdnet.errors import ConfigError
 
+_STAGE2_FIELDS = ("num_frames", "frame_stride")
 _SAMPLING_FIELDS = ("num_frames", "frame_stride", "train_resize", "crop_size", "test_short_side",
                     "num_test_views", "test_crops", "horizontal_flip", "flow_stack")
 
@@ -48,7 +49,11 @@ def build_model(config: Config, num_classes: int | None = None) -> torch.nn.Modu
             f"model.name: unknown model {config.model.name!r} (known: {', '.join(list_models())})"
         )
     options = model_options(config.model)
-    expected = input_channels(config.data, get_spec(config.model.name).kind)
+    kind = get_spec(config.model.name).kind
+    if config.model.stage2_temporal_pool is not None and kind != "3d":
+        raise ConfigError(f"model.stage2_temporal_pool: pool1 is an LGD-3D layer; "
+                          f"{config.model.name} is a 2D network")
+    expected = input_channels(config.data, kind)
     options.setdefault("in_channels", expected)
     if options["in_channels"] != expected:
         raise ConfigError(
@@ -69,16 +74,20 @@ def input_channels(data: DataConfig, kind: str) -> int:
     return 2 if kind == "3d" else 2 * sampling_spec(data, kind).flow_stack
 
 
-def sampling_spec(data: DataConfig, kind: str) -> Any:
+def sampling_spec(data: DataConfig, kind: str, stage: int = 1) -> Any:
     """The ``SamplingSpec`` for a ``"3d"`` (clips) or ``"2d"`` (segments) model.
 
     Starts from the paper's defaults (``SamplingSpec.for_3d``/``for_2d``, Sec. 5.2) and
-    replaces the fields that the data section sets.
+    replaces the fields that the data section sets; for ``stage=2`` also those its
+    ``stage2_*`` fields set (the clip length and stride of Sec. 5.4's long stage).
     """
     from lgdnet.data import SamplingSpec
 
     spec = SamplingSpec.for_3d() if kind == "3d" else SamplingSpec.for_2d()
     overrides = {name: getattr(data, name) for name in _SAMPLING_FIELDS if getattr(data, name) is not None}
+    if stage == 2:
+        overrides.update({name: getattr(data, f"stage2_{name}") for name in _STAGE2_FIELDS
+                          if getattr(data, f"stage2_{name}") is not None})
     if overrides:
         try:
             spec = dataclasses.replace(spec, **overrides)
@@ -110,27 +119,28 @@ def load_split(data: DataConfig, which: str, classes: list[str] | None = None) -
     )
 
 
-def build_train_dataset(config: Config, kind: str) -> tuple[torch.utils.data.Dataset, list[str]]:
+def build_train_dataset(config: Config, kind: str,
+                        stage: int = 1) -> tuple[torch.utils.data.Dataset, list[str]]:
     """``(training dataset, class names)``: random training views (``mode="train"``) for a
-    ``"3d"`` or ``"2d"`` model."""
+    ``"3d"`` or ``"2d"`` model, sampled as training stage ``stage`` asks."""
     from lgdnet.data import VideoDataset
 
     annotations = load_split(config.data, "train")
-    dataset = VideoDataset(annotations.records, sampling_spec(config.data, kind), mode="train",
+    dataset = VideoDataset(annotations.records, sampling_spec(config.data, kind, stage), mode="train",
                            on_error=config.data.on_error, modality=config.data.modality,
                            seed=config.run.seed)
     return dataset, list(annotations.classes)
 
 
 def build_val_dataset(
-    config: Config, kind: str, classes: list[str], views: str = "all"
+    config: Config, kind: str, classes: list[str], views: str = "all", stage: int = 1
 ) -> torch.utils.data.Dataset:
     """The validation set in test mode with labels in the order of ``classes``: all the
     configured views (Sec. 5.2), or ``views="one"`` (one centre view, for the quick accuracy
-    during training)."""
+    during training); clips as training stage ``stage`` samples them."""
     from lgdnet.data import VideoDataset
 
-    spec = sampling_spec(config.data, kind)
+    spec = sampling_spec(config.data, kind, stage)
     if views == "one":
         spec = single_view_spec(spec)
     annotations = load_split(config.data, "val", classes=classes)

@@ -27,6 +27,7 @@ from lgdnet.errors import ConfigError
 from lgdnet.models.layout import MEMORY_FORMATS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+FREEZE_BN = ("none", "partial", "all")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,13 @@ class ModelConfig:
     ``num_classes=0`` takes the number of classes from the training annotations. Options
     left at ``None`` keep the model's own default (e.g. ``diffusion="none"`` for ``p3d_*``).
     ``options`` passes further ``create_model`` options (``layers``, ``base_width``).
-    ``init_checkpoint`` names weights to start from, e.g. a stage-1 checkpoint when the run
-    trains stage 2 only (``run.stages=[2]``).
+    ``init_checkpoint`` names an lgdnet checkpoint to start from (either stage, any class
+    count): a stage-1 checkpoint when the run trains stage 2 only (``run.stages=[2]``), or a
+    pre-trained network to fine-tune (Sec. 5.6). The backbone must fit; the classifier is
+    loaded when the class names agree and re-initialised otherwise
+    (:mod:`lgdnet.engine.transfer`, which logs what it loaded, re-initialised and left out).
+    ``stage2_temporal_pool`` sets pool1's temporal kernel and stride for stage 2 (3D models):
+    4 is the 128-frame "Long" form of Sec. 5.4 (``None``: as in stage 1).
     """
 
     name: str = "lgd3d_r50"
@@ -51,6 +57,7 @@ class ModelConfig:
     num_segments: int | None = None
     sketch_dim: int = 8192
     init_checkpoint: str = ""
+    stage2_temporal_pool: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,7 +66,9 @@ class DataConfig:
     """Where the videos are and how clips are sampled.
 
     The sampling fields left at ``None`` keep the defaults of ``SamplingSpec.for_3d`` /
-    ``for_2d`` (the paper's sizes, Sec. 5.2).
+    ``for_2d`` (the paper's sizes, Sec. 5.2). ``stage2_num_frames`` / ``stage2_frame_stride``
+    change the clip of stage 2 (training, validation and its final evaluation; Sec. 5.4's
+    "Long" row trains stage 2 on 128-frame clips); ``None`` repeats the stage-1 value.
     """
 
     train_list: str = ""
@@ -71,6 +80,8 @@ class DataConfig:
     modality: str = "rgb"
     num_frames: int | None = None
     frame_stride: int | None = None
+    stage2_num_frames: int | None = None
+    stage2_frame_stride: int | None = None
     train_resize: tuple[int, int] | None = None
     crop_size: int | None = None
     test_short_side: int | None = None
@@ -96,7 +107,15 @@ class OptimConfig:
     64 clips for 3D models and 128 triples for 2D models. It is reached with gradient
     accumulation over micro-batches of ``micro_batch_size`` per process (0: no
     accumulation). The paper does not give a weight decay; 1e-4 is the usual ResNet value.
-    ``stage2_*`` of ``None`` repeat the stage-1 value.
+    ``stage2_*`` of ``None`` repeat the stage-1 value. Epochs may be fractional (Sec. 5.4
+    trains the long stage for 12.5 epochs): the last epoch then covers that fraction of its
+    optimiser steps.
+
+    Fine-tuning (docs/finetuning.md): ``backbone_lr_mult`` scales the learning rate of
+    everything but the classifier (the head keeps ``lr``); ``freeze_bn`` keeps BatchNorm
+    running statistics fixed while training (``"all"``, or ``"partial"``: all but the first,
+    TSN's partial BN); ``freeze_backbone_epochs`` trains only the classifier for the first N
+    epochs of each stage. The defaults (1.0, ``"none"``, 0) change nothing.
     """
 
     lr: float = 0.01
@@ -104,14 +123,19 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_step: int = 20  # epochs between learning-rate divisions
     lr_gamma: float = 0.1  # "divided by 10"
-    epochs: int = 50  # per stage
-    stage2_epochs: int | None = None
+    epochs: float = 50.0  # per stage; fractional: the last epoch is partial
+    stage2_epochs: float | None = None
     stage2_lr: float | None = None
     stage2_lr_step: int | None = None
     batch_size: int = 0
     micro_batch_size: int = 0
+    stage2_batch_size: int | None = None
+    stage2_micro_batch_size: int | None = None
     precision: str = "fp32"  # "bf16" (CPU or CUDA) or "fp16" (CUDA, with loss scaling) autocast
     grad_clip: float = 0.0  # maximum gradient norm (0: no clipping)
+    backbone_lr_mult: float = 1.0  # lr of the backbone / lr of the classifier
+    freeze_bn: str = "none"  # "none", "partial" (all but the first BatchNorm) or "all"
+    freeze_backbone_epochs: int = 0  # first N epochs of a stage train the classifier only
 
 
 @dataclass(frozen=True)
@@ -407,12 +431,25 @@ def validate_config(config: Config) -> None:
         (config.optim.epochs >= 0, "optim.epochs", ">= 0"),
         (optim.stage2_epochs is None or optim.stage2_epochs >= 0, "optim.stage2_epochs",
          ">= 0 (or null: optim.epochs)"),
-        (1 not in run.stages or stage_epochs[1] >= 1, "optim.epochs",
-         ">= 1 to train stage 1 (run.stages=[2] trains stage 2 only)"),
-        (2 not in run.stages or stage_epochs[2] >= 1,
+        (1 not in run.stages or stage_epochs[1] > 0, "optim.epochs",
+         "> 0 to train stage 1 (run.stages=[2] trains stage 2 only)"),
+        (2 not in run.stages or stage_epochs[2] > 0,
          "optim.stage2_epochs" if optim.stage2_epochs is not None else "optim.epochs",
-         ">= 1 to train stage 2 (run.stages=[1] trains stage 1 only)"),
+         "> 0 to train stage 2 (run.stages=[1] trains stage 1 only)"),
         (config.optim.lr_step > 0, "optim.lr_step", "> 0"),
+        (finite(optim.epochs) and finite(optim.stage2_epochs), "optim.epochs", "finite"),
+        (positive(optim.stage2_batch_size) or optim.stage2_batch_size == 0,
+         "optim.stage2_batch_size", ">= 0 (0: the paper's default; null: optim.batch_size)"),
+        (optim.stage2_micro_batch_size is None or optim.stage2_micro_batch_size >= 0,
+         "optim.stage2_micro_batch_size", ">= 0 (null: optim.micro_batch_size)"),
+        (optim.backbone_lr_mult >= 0 and math.isfinite(optim.backbone_lr_mult),
+         "optim.backbone_lr_mult", "a finite number >= 0 (0: a fixed backbone)"),
+        (optim.freeze_bn in FREEZE_BN, "optim.freeze_bn", f"one of {FREEZE_BN}"),
+        (optim.freeze_backbone_epochs >= 0, "optim.freeze_backbone_epochs", ">= 0"),
+        (positive(model.stage2_temporal_pool), "model.stage2_temporal_pool",
+         "> 0 (or null: as in stage 1)"),
+        (positive(data.stage2_num_frames), "data.stage2_num_frames", "> 0 (or null)"),
+        (positive(data.stage2_frame_stride), "data.stage2_frame_stride", "> 0 (or null)"),
         (positive(optim.stage2_lr_step), "optim.stage2_lr_step", "> 0 (or null: optim.lr_step)"),
         (model.sketch_dim > 0, "model.sketch_dim", "> 0"),
         (positive(model.rank_ratio), "model.rank_ratio", "> 0"),
@@ -459,8 +496,9 @@ def validate_config(config: Config) -> None:
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
-def stage_settings(optim: OptimConfig, stage: int) -> tuple[int, float, int]:
-    """``(epochs, lr, lr_step)`` of one training stage (Sec. 4.3: each stage has its own)."""
+def stage_settings(optim: OptimConfig, stage: int) -> tuple[float, float, int]:
+    """``(epochs, lr, lr_step)`` of one training stage (Sec. 4.3: each stage has its own);
+    the epochs may be fractional (see :func:`epoch_plan`)."""
     if stage == 2:
         return (
             optim.epochs if optim.stage2_epochs is None else optim.stage2_epochs,
@@ -468,3 +506,24 @@ def stage_settings(optim: OptimConfig, stage: int) -> tuple[int, float, int]:
             optim.lr_step if optim.stage2_lr_step is None else optim.stage2_lr_step,
         )
     return optim.epochs, optim.lr, optim.lr_step
+
+
+def stage_batch(optim: OptimConfig, stage: int) -> tuple[int, int]:
+    """``(batch_size, micro_batch_size)`` of one stage as configured (0: the defaults);
+    stage 2 may set its own (Sec. 5.4: 16 clips of 128 frames per mini-batch)."""
+    if stage == 2:
+        return (optim.batch_size if optim.stage2_batch_size is None else optim.stage2_batch_size,
+                optim.micro_batch_size if optim.stage2_micro_batch_size is None
+                else optim.stage2_micro_batch_size)
+    return optim.batch_size, optim.micro_batch_size
+
+
+def epoch_plan(epochs: float) -> tuple[int, float]:
+    """``(number of epochs run, fraction of the last one)`` for a possibly fractional count:
+    12.5 -> (13, 0.5): 12 whole epochs, then the first half of epoch 13's optimiser steps;
+    50 -> (50, 1.0)."""
+    whole = math.floor(epochs)
+    fraction = epochs - whole
+    if fraction < 1e-9:
+        return int(whole), 1.0
+    return int(whole) + 1, float(fraction)

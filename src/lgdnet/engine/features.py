@@ -5,10 +5,15 @@ The paper uses the global representation ``g_L`` of a trained LGD-3D as a video 
 :func:`extract_features` writes both for every video of a list:
 
 * ``OUT/<video_id>.npz`` per video (sub-folders follow the id, e.g.
-  ``OUT/videos/approach/approach_0003.npz``) holding ``local`` and ``global`` (float32),
-  ``label`` and ``video_id``. Views are averaged unless ``per_view=True``.
-* ``OUT/manifest.json``: classes, checkpoint, sampling, pooling, shapes, and one row per video
-  (id, file, label), plus the videos that could not be read.
+  ``OUT/videos/approach/approach_0003.npz``): a plain NumPy archive, read with
+  ``numpy.load(path)`` (no pickled objects, so ``allow_pickle=False`` works) and in PyTorch
+  with ``torch.from_numpy``, without lgdnet. It holds the arrays asked for (``outputs``):
+  ``global`` (g_L, float32 ``(C,)``), ``local`` (x_L, float32 ``(C, T', H', W')``, or pooled
+  as ``pooling`` says) and ``local_pooled`` (P(x_L) of Eq. 6, float32 ``(C,)``), plus
+  ``label`` (int64) and ``video_id`` (a string). Views are averaged unless
+  ``per_view=True`` (then a leading axis V).
+* ``OUT/manifest.json``: classes, checkpoint, sampling, pooling, the arrays and their shapes,
+  and one row per video (id, file, label), plus the videos that could not be read.
 
 Each file is written atomically and finished files are skipped, so an interrupted run
 continues where it stopped.
@@ -29,6 +34,8 @@ from lgdnet.engine.evaluate import view_features
 from lgdnet.errors import LgdnetError, VideoReadError
 
 POOLINGS = ("none", "mean", "time")
+#: The arrays a feature file can hold (see the module docstring).
+OUTPUTS = ("global", "local", "local_pooled")
 
 
 def pool_local(local: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -99,6 +106,7 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     classes: list[str] | None = None,
+    outputs: tuple[str, ...] = ("local", "global"),
 ) -> FeatureSummary:
     """Compute and save ``(x_L, g_L)`` for every record; resumable.
 
@@ -111,6 +119,8 @@ def extract_features(
         num_workers: DataLoader processes decoding videos.
         progress: show a progress bar.
         classes: class names of the records' labels, for the manifest.
+        outputs: which arrays each file holds, from :data:`OUTPUTS`: ``"global"`` (g_L),
+            ``"local"`` (x_L, pooled as ``pooling`` says), ``"local_pooled"`` (P(x_L)).
 
     Shape:
         saved ``global``: ``(C_L,)`` or ``(V, C_L)`` per view; ``local``: ``(C_L, T', H', W')``
@@ -122,18 +132,20 @@ def extract_features(
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if not outputs or any(name not in OUTPUTS for name in outputs):
+        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS}, got {outputs!r}")
     from lgdnet.locking import output_lock
 
     out_dir = Path(out_dir)
     with output_lock(out_dir, what="--out"):  # one run per folder
         return _extract_features(predictor, records, out_dir, pooling=pooling,
                                  per_view=per_view, num_workers=num_workers,
-                                 progress=progress, classes=classes)
+                                 progress=progress, classes=classes, outputs=tuple(outputs))
 
 
 def _extract_features(predictor: Any, records: list[Any], out_dir: Path, *, pooling: str,
                       per_view: bool, num_workers: int, progress: bool,
-                      classes: list[str] | None) -> FeatureSummary:
+                      classes: list[str] | None, outputs: tuple[str, ...]) -> FeatureSummary:
     from tqdm.auto import tqdm
 
     files = [feature_file(out_dir, r.video_id) for r in records]
@@ -160,11 +172,12 @@ def _extract_features(predictor: Any, records: list[Any], out_dir: Path, *, pool
                 )
                 if not per_view:
                     local, global_ = local.mean(0), global_.mean(0)
-                local = pool_local(local, pooling)
-                shapes = {"local": list(local.shape), "global": list(global_.shape)}
+                arrays = {"global": global_, "local": pool_local(local, pooling),
+                          "local_pooled": pool_local(local, "mean")}
+                arrays = {name: arrays[name].float().cpu().numpy() for name in outputs}
+                shapes = {name: list(value.shape) for name, value in arrays.items()}
                 _save_npz(files[index], {
-                    "local": local.cpu().numpy(), "global": global_.cpu().numpy(),
-                    "label": np.int64(records[index].label),
+                    **arrays, "label": np.int64(records[index].label),
                     "video_id": np.str_(records[index].video_id),
                 })
                 summary.written += 1
@@ -175,12 +188,14 @@ def _extract_features(predictor: Any, records: list[Any], out_dir: Path, *, pool
     done = [i for i, path in enumerate(files) if path.is_file()]
     if not shapes and done:  # nothing new this time: describe the files already there
         with np.load(files[done[0]]) as data:
-            shapes = {"local": list(data["local"].shape), "global": list(data["global"].shape)}
+            shapes = {name: list(data[name].shape) for name in OUTPUTS if name in data.files}
     manifest = {
         "checkpoint": getattr(predictor, "checkpoint", None),
         "classes": list(classes) if classes is not None else list(predictor.classes),
         "views": predictor.num_views, "per_view": per_view, "pooling": pooling,
-        "shapes": shapes or None,
+        "outputs": list(outputs), "shapes": shapes or None,
+        "format": "one NumPy .npz per video (numpy.load; torch.from_numpy), float32 arrays "
+                  "named by 'outputs', int64 'label', str 'video_id'",
         "videos": [{"video_id": records[i].video_id, "file": str(files[i].relative_to(out_dir)),
                     "label": int(records[i].label)} for i in done],
         "failed": [{"path": path, "reason": reason} for path, reason in summary.failed],

@@ -33,9 +33,11 @@ def inference_sampling(
     *,
     views: int | None = None,
     crops: int | None = None,
+    stage: int = 1,
 ) -> Any:
     """The test ``SamplingSpec`` of a checkpoint: its configured sampling (clip length, frame
-    size, ...), with the number of views and crops replaced where given.
+    size, ...) for the model's stage (a stage-2 checkpoint of the long recipe reads its
+    128-frame clips), with the number of views and crops replaced where given.
 
     Without settings in the configuration this is the paper's protocol (Sec. 5.2): 15 clips
     (3D) or 10 frame triples (2D) per video, whole frames, shorter side 120 (3D) or 240 (2D).
@@ -45,12 +47,13 @@ def inference_sampling(
         kind: the model's kind, ``"3d"`` or ``"2d"``.
         views: clips or frame tuples per video.
         crops: 1 (whole frame) or 3 (three squares along the longer side).
+        stage: the checkpoint's training stage (``data.stage2_*`` settings apply to 2).
     """
     from lgdnet.engine.builders import sampling_spec
     from lgdnet.engine.config import config_from_dict
 
     data = config_from_dict({"data": (config or {}).get("data") or {}}).data
-    spec = sampling_spec(data, kind)
+    spec = sampling_spec(data, kind, stage)
     changes = {}
     if views is not None:
         changes["num_test_views"] = int(views)
@@ -231,7 +234,8 @@ def load_predictor(
 
     resolved = resolve_device(device)
     model, config, classes = load_model(checkpoint, resolved)
-    spec = inference_sampling(config, model.kind, views=views, crops=crops)
+    spec = inference_sampling(config, model.kind, views=views, crops=crops,
+                              stage=int(getattr(model, "stage", 1)))
     modality = ((config or {}).get("data") or {}).get("modality", "rgb")
     if not classes:
         classes = [str(i) for i in range(model.num_classes)]

@@ -94,7 +94,7 @@ class StageRun:
     model: torch.nn.Module  # the network itself
     net: torch.nn.Module  # what training calls: ForwardParts(model), DDP-wrapped if distributed
     stage: int
-    epochs: int
+    epochs: float  # as configured, possibly fractional (12.5)
     micro: int
     accumulation: int
     optimizer: torch.optim.Optimizer
@@ -103,6 +103,9 @@ class StageRun:
     sampler: torch.utils.data.DistributedSampler
     loader: StageLoader
     state: StageState
+    num_epochs: int = 0  # epochs run: ceil(epochs)
+    last_fraction: float = 1.0  # share of the last epoch's optimiser steps that are run
+    parts: Any = None  # the TrainParts inside ``net``
 
     def training_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -113,20 +116,18 @@ def setup_stage(model: torch.nn.Module, stage: int, ctx: StageContext) -> StageR
     """Place ``model`` (already in stage ``stage``), wrap it for training and build a fresh
     optimiser (Sec. 4.3: one per stage; Sec. 5.2: SGD with momentum, step decay), the
     sampler and the stage's loader."""
-    from lgdnet.engine.config import stage_settings
+    from lgdnet.engine.config import epoch_plan, stage_batch, stage_settings
 
     config, dist, device = ctx.config, ctx.dist, ctx.dist.device
     optim = config.optim
     epochs, lr, lr_step = stage_settings(optim, stage)
-    micro, accumulation = batch_plan(ctx.batch_size, optim.micro_batch_size, dist.world_size)
+    micro, accumulation = batch_plan(ctx.batch_size, stage_batch(optim, stage)[1], dist.world_size)
     model.to(device)
     to_memory_format(model, resolve_memory_format(config.run.memory_format, device, optim.precision))
-    net: torch.nn.Module = distributed.ForwardParts(model)
-    if dist.is_distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=optim.momentum,
-                                weight_decay=optim.weight_decay)
+    parts = TrainParts(model, frozen_norms(model, optim.freeze_bn))
+    net = _wrap(parts, dist)
+    optimizer = torch.optim.SGD(param_groups(model, lr, optim.backbone_lr_mult), lr=lr,
+                                momentum=optim.momentum, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=optim.lr_gamma)
     scaler = torch.amp.GradScaler(device.type) if optim.precision == "fp16" else None
     # the order of the clips depends on (seed, stage, epoch) only, so a resumed run sees
@@ -138,9 +139,82 @@ def setup_stage(model: torch.nn.Module, stage: int, ctx: StageContext) -> StageR
     loader = StageLoader(ctx.train_set, micro, config.data.num_workers, collate_fn=ctx.collate_fn,
                          pin_memory=device.type == "cuda",
                          persistent=config.data.persistent_workers)
+    num_epochs, last_fraction = epoch_plan(epochs)
     return StageRun(model=model, net=net, stage=stage, epochs=epochs, micro=micro,
                     accumulation=accumulation, optimizer=optimizer, scheduler=scheduler,
-                    scaler=scaler, sampler=sampler, loader=loader, state=StageState(stage))
+                    scaler=scaler, sampler=sampler, loader=loader, state=StageState(stage),
+                    num_epochs=num_epochs, last_fraction=last_fraction, parts=parts)
+
+
+class TrainParts(distributed.ForwardParts):
+    """:class:`~lgdnet.engine.distributed.ForwardParts` that keeps some BatchNorm layers in
+    eval mode while the rest trains (frozen running statistics, ``optim.freeze_bn``, and the
+    whole backbone during ``optim.freeze_backbone_epochs``)."""
+
+    def __init__(self, module: torch.nn.Module, frozen: list[torch.nn.Module]) -> None:
+        super().__init__(module)
+        self.frozen = list(frozen)  # a plain list: not registered, so no change to the keys
+
+    def train(self, mode: bool = True) -> TrainParts:
+        super().train(mode)
+        for norm in self.frozen:
+            norm.eval()
+        return self
+
+
+_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def frozen_norms(model: torch.nn.Module, freeze_bn: str) -> list[torch.nn.Module]:
+    """The BatchNorm layers whose statistics stay fixed: none, all, or ``"partial"``: all but
+    the first (TSN's partial BN, which adapts the first layer to the new input)."""
+    norms = [m for m in model.modules() if isinstance(m, _NORMS)]
+    if freeze_bn == "all":
+        return norms
+    if freeze_bn == "partial":
+        return norms[1:]
+    return []
+
+
+def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The classifier's parameters (``get_classifier()``)."""
+    return list(model.get_classifier().parameters())
+
+
+def param_groups(model: torch.nn.Module, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+    """SGD parameter groups: one (the paper's) when the backbone learns at ``lr``; else the
+    classifier at ``lr`` first and the backbone at ``lr * backbone_lr_mult`` (fine-tuning)."""
+    if backbone_lr_mult == 1.0:
+        return [{"params": list(model.parameters())}]
+    head = {id(p) for p in head_parameters(model)}
+    return [{"params": [p for p in model.parameters() if id(p) in head], "lr": lr},
+            {"params": [p for p in model.parameters() if id(p) not in head],
+             "lr": lr * backbone_lr_mult}]
+
+
+def _wrap(parts: torch.nn.Module, dist: distributed.DistributedContext) -> torch.nn.Module:
+    if not dist.is_distributed:
+        return parts
+    device = dist.device
+    return torch.nn.parallel.DistributedDataParallel(
+        parts, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def set_backbone_frozen(run: StageRun, ctx: StageContext, frozen: bool) -> None:
+    """Train the classifier only (``frozen``) or the whole network: the backbone's parameters
+    stop (or start) taking gradients, so SGD leaves them, their momentum and their weight
+    decay alone, and its BatchNorm statistics stay fixed. Under DDP the wrapper is rebuilt,
+    as DDP fixes the parameters it reduces when built."""
+    head = {id(p) for p in head_parameters(run.model)}
+    backbone = [p for p in run.model.parameters() if id(p) not in head]
+    if all(p.requires_grad != frozen for p in backbone):
+        return
+    for p in backbone:
+        p.requires_grad_(not frozen)
+    run.parts.frozen = (frozen_norms(run.model, "all") if frozen
+                        else frozen_norms(run.model, ctx.config.optim.freeze_bn))
+    if ctx.dist.is_distributed:
+        run.net = _wrap(run.parts, ctx.dist)
 
 
 def resume_stage(run: StageRun, resume: dict[str, Any]) -> None:
@@ -184,7 +258,8 @@ def run_epoch(run: StageRun, epoch: int, ctx: StageContext, show_bar: bool) -> d
     stage, optim = run.stage, config.optim
     run.sampler.set_epoch(epoch)
     start_batch = state.batches_done
-    loader = run.loader.epoch(epoch, list(run.sampler)[start_batch * run.micro:])
+    order = epoch_order(run, epoch)
+    loader = run.loader.epoch(epoch, order[start_batch * run.micro:])
     progress = EpochState(batches_done=start_batch, global_step=state.global_step,
                           totals=dict(state.epoch_totals))
     # the loader's worker seeds come from torch's generator: make them a function of the
@@ -197,7 +272,7 @@ def run_epoch(run: StageRun, epoch: int, ctx: StageContext, show_bar: bool) -> d
         ctx.logger.log_step({"stage": stage, "epoch": epoch, **record})
         if not show_bar and record["step"] % config.run.log_every == 0:
             log.info("stage %d epoch %d/%d step %d: loss %.4f lr %.2e", stage, epoch,
-                     run.epochs, record["step"], record["loss"], record["lr"])
+                     run.num_epochs, record["step"], record["loss"], record["lr"])
 
     try:
         metrics = train_one_epoch(
@@ -205,7 +280,7 @@ def run_epoch(run: StageRun, epoch: int, ctx: StageContext, show_bar: bool) -> d
             precision=optim.precision, scaler=run.scaler, grad_clip=optim.grad_clip,
             state=progress, start_batch=start_batch, on_step=log_step,
             step_seed=(config.run.seed, stage, dist.rank), progress=show_bar,
-            description=f"stage {stage} epoch {epoch}/{run.epochs}")
+            description=f"stage {stage} epoch {epoch}/{run.epochs:g}")
     except BaseException:
         run.loader.close()
         save_interrupted(run, ctx, progress)  # never lose the work
@@ -220,10 +295,26 @@ def run_epoch(run: StageRun, epoch: int, ctx: StageContext, show_bar: bool) -> d
         [metrics[k] * metrics["clips"] for k in keys] + [metrics["clips"], metrics["clips_per_s"]],
         device=device)
     clips = max(sums[len(keys)], 1.0)
-    return {"stage": stage, "epoch": epoch, "lr": lr_now,
-            **{k: sums[i] / clips for i, k in enumerate(keys)},
-            "clips_per_s": sums[len(keys) + 1], "seconds": metrics["seconds"],
-            "steps": state.global_step}
+    record = {"stage": stage, "epoch": epoch, "lr": lr_now,
+              **{k: sums[i] / clips for i, k in enumerate(keys)},
+              "clips_per_s": sums[len(keys) + 1], "seconds": metrics["seconds"],
+              "steps": state.global_step}
+    if epoch == run.num_epochs and run.last_fraction < 1.0:
+        record["fraction"] = run.last_fraction  # a partial last epoch (e.g. 12.5 epochs)
+    return record
+
+
+def epoch_order(run: StageRun, epoch: int) -> list[int]:
+    """This process's sample indices of ``epoch``, in order; the partial last epoch of a
+    fractional count keeps the first ``round(fraction x steps per epoch)`` optimiser steps
+    (at least one), so a resumed run cuts it at the same place."""
+    order = list(run.sampler)
+    if epoch != run.num_epochs or run.last_fraction >= 1.0:
+        return order
+    batches = math.ceil(len(order) / run.micro)
+    # rounded half up (Python's round() rounds 2.5 to 2)
+    steps = max(1, math.floor(run.last_fraction * math.ceil(batches / run.accumulation) + 0.5))
+    return order[:min(batches, steps * run.accumulation) * run.micro]
 
 
 def fit_stage(
@@ -256,7 +347,23 @@ def fit_stage(
     state = run.state
     show_bar = config.run.progress and ctx.dist.is_main and is_tty()
     validated = has_validation(ctx)
-    for epoch in range(state.epoch + 1, run.epochs + 1):
+    try:
+        _fit_epochs(run, ctx, show_bar, validated)
+    finally:  # the network leaves the stage with every parameter trainable
+        for p in model.parameters():
+            p.requires_grad_(True)
+    run.loader.close()
+    if not validated and state.epoch > 0:
+        _save(ctx, f"stage{stage}_best", model, state, None)
+        distributed.barrier()
+    return state
+
+
+def _fit_epochs(run: StageRun, ctx: StageContext, show_bar: bool, validated: bool) -> None:
+    config, model, stage, state = ctx.config, run.model, run.stage, run.state
+    for epoch in range(state.epoch + 1, run.num_epochs + 1):
+        # the first optim.freeze_backbone_epochs epochs train the classifier only
+        set_backbone_frozen(run, ctx, epoch <= config.optim.freeze_backbone_epochs)
         steps_before = state.global_step
         record = run_epoch(run, epoch, ctx, show_bar)
         if state.global_step == steps_before:
@@ -267,14 +374,14 @@ def fit_stage(
                 f"{config.data.train_list}: stage {stage} epoch {epoch} trained on no clip: "
                 "every video was unreadable (the warnings above name them)")
         every = config.run.eval_every
-        if validated and (epoch % every == 0 or epoch == run.epochs):
+        if validated and (epoch % every == 0 or epoch == run.num_epochs):
             record["val_accuracy"] = validate_one_view(
                 model, ctx.val_set, device=ctx.dist.device, batch_size=run.micro,
                 precision=config.optim.precision, num_workers=config.data.num_workers)
         state.history.append(record)
         if ctx.logger is not None:
             ctx.logger.log_epoch(record)
-            log.info("%s", epoch_line(record, run.epochs))
+            log.info("%s", epoch_line(record, run.num_epochs))
         if validated:
             metric = record.get("val_accuracy", -math.inf)
             if metric > state.best_metric:
@@ -284,11 +391,6 @@ def fit_stage(
             state.best_epoch = epoch
         _save(ctx, f"stage{stage}_last", model, state, run.training_state())
         distributed.barrier()
-    run.loader.close()
-    if not validated and state.epoch > 0:
-        _save(ctx, f"stage{stage}_best", model, state, None)
-        distributed.barrier()
-    return state
 
 
 def has_validation(ctx: StageContext) -> bool:

@@ -152,13 +152,16 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
     classes = list(split.classes)
     model = builders.build_model(config, num_classes=len(classes))
     kind = model.kind
-    train_set, classes = builders.build_train_dataset(config, kind)
-    val_one = builders.build_val_dataset(config, kind, classes, views="one") if config.data.val_list else None
+    first = config.run.stages[0]
+    train_set, classes = builders.build_train_dataset(config, kind, stage=first)
+    val_one = (builders.build_val_dataset(config, kind, classes, views="one", stage=first)
+               if config.data.val_list else None)
     if val_one is not None and len(val_one) == 0:
         raise AnnotationError(config.data.val_list, None, "no videos to validate on (data.val_list)")
-    batch_size = config.optim.batch_size or (64 if kind == "3d" else 128)  # Sec. 5.2
+    batch_size = _stage_batch_size(config, kind, first)
 
     resume_path, resume_stage, resume_state = None, 0, None
+    init_report = None
     if resume:
         resume_path = find_resume_checkpoint(run_dir, resume)
         resume_meta = read_metadata(resume_path)
@@ -169,10 +172,17 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
         resume_state = load_training_state(resume_path, complete=True)
         _warn_changed_settings(resume_meta.get("config"), config, resume_path)
     elif config.model.init_checkpoint:
-        meta = read_metadata(config.model.init_checkpoint)
-        if int(meta.get("stage", 1)) == 2:
-            model.to_stage2(**(meta.get("stage2_args") or {}))
-        _load_into(model, checkpoint_paths(config.model.init_checkpoint)[0])
+        init_report = _init_from_checkpoint(model, config, classes)
+    elif getattr(model, "init_report", None) is not None:  # model.init=imagenet
+        from lgdnet.engine.transfer import imagenet_report
+
+        init_report = imagenet_report(model.init_report)
+    if dist.is_main and init_report is not None:
+        from lgdnet.engine.transfer import log_report
+
+        log_report(init_report)
+        text = json.dumps(init_report.to_dict(), indent=2)
+        atomic_write(run_dir / "init_report.json", lambda handle: handle.write(text.encode()))
 
     logger = None
     if dist.is_main:
@@ -187,6 +197,12 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
     ctx = StageContext(config=config, dist=dist, train_set=train_set, val_set=val_one,
                        classes=classes, run_dir=run_dir, batch_size=batch_size, logger=logger)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "classes": classes, "stages": {}}
+    if init_report is not None:
+        summary["init"] = {key: value for key, value in init_report.to_dict().items()
+                           if key in ("source", "source_model", "source_stage", "reasons")}
+        summary["init"].update({key: len(getattr(init_report, key))
+                                for key in ("loaded", "reinitialised", "left_out")})
+    base_ctx = ctx
     try:
         for stage in config.run.stages:
             if stage < resume_stage:  # finished before the resumed checkpoint
@@ -206,6 +222,9 @@ def _train(config: Any, dist: distributed.DistributedContext, resume: bool | str
                             f"model.init_checkpoint or train stage 1 in {run_dir} first")
                 seed_everything(config.run.seed + 2)  # the same new head on resume
                 model.to_stage2(sketch_dim=config.model.sketch_dim)
+            if stage == 2 and config.model.stage2_temporal_pool is not None:
+                model.set_temporal_pool(config.model.stage2_temporal_pool)  # Sec. 5.4: Long
+            ctx = _stage_context(base_ctx, stage, first, kind)
             stage_resume = None
             if resume_state is not None and stage == resume_stage:
                 _load_into(model, resume_path)
@@ -296,10 +315,63 @@ def _finished_stage_summary(run_dir: Any, stage: int) -> dict[str, Any]:
 #: Settings whose change makes a resumed run differ from the uninterrupted one.
 _RESUME_SENSITIVE = {
     "optim": ("batch_size", "micro_batch_size", "epochs", "stage2_epochs", "lr", "stage2_lr",
-              "lr_step", "stage2_lr_step", "lr_gamma", "momentum", "weight_decay", "precision"),
-    "data": ("num_frames", "frame_stride", "crop_size", "train_resize", "train_list"),
+              "lr_step", "stage2_lr_step", "lr_gamma", "momentum", "weight_decay", "precision",
+              "stage2_batch_size", "stage2_micro_batch_size", "backbone_lr_mult", "freeze_bn",
+              "freeze_backbone_epochs"),
+    "data": ("num_frames", "frame_stride", "crop_size", "train_resize", "train_list",
+             "stage2_num_frames", "stage2_frame_stride"),
+    "model": ("stage2_temporal_pool",),
     "run": ("seed", "stages"),
 }
+
+
+def _stage_batch_size(config: Any, kind: str, stage: int) -> int:
+    """The stage's effective mini-batch: as configured, else Sec. 5.2's 64 clips (3D) or
+    128 triples (2D)."""
+    from lgdnet.engine.config import stage_batch
+
+    return stage_batch(config.optim, stage)[0] or (64 if kind == "3d" else 128)
+
+
+def _stage_context(ctx: StageContext, stage: int, first: int, kind: str) -> StageContext:
+    """The context of ``stage``: ``ctx`` (built for the run's first stage) with the stage's
+    own clips and mini-batch when its settings differ (stage 2 of Sec. 5.4's long recipe:
+    128-frame clips, 16 per mini-batch)."""
+    import dataclasses
+
+    from lgdnet.engine import builders
+
+    config, model_kind = ctx.config, kind
+    if stage == first:
+        return ctx
+    changes: dict[str, Any] = {"batch_size": _stage_batch_size(config, model_kind, stage)}
+    if builders.sampling_spec(config.data, model_kind, stage) != builders.sampling_spec(
+            config.data, model_kind, first):
+        changes["train_set"], _ = builders.build_train_dataset(config, model_kind, stage=stage)
+        if ctx.val_set is not None:
+            changes["val_set"] = builders.build_val_dataset(config, model_kind, ctx.classes,
+                                                            views="one", stage=stage)
+    return dataclasses.replace(ctx, **changes)
+
+
+def _init_from_checkpoint(model: torch.nn.Module, config: Any, classes: list[str]) -> Any:
+    """Fill a new run's network from ``model.init_checkpoint`` (lgdnet.engine.transfer).
+
+    The network starts in the checkpoint's stage when the run's first stage is 2 and the
+    checkpoint is a stage-2 one (its combination classifier then loads when the classes
+    agree); a run that starts with stage 1 takes the backbone of a checkpoint of either stage.
+    """
+    from lgdnet.engine.checkpoint import read_metadata
+    from lgdnet.engine.transfer import load_for_finetuning
+
+    meta = read_metadata(config.model.init_checkpoint)
+    if config.run.stages[0] == 2 and int(meta.get("stage", 1)) == 2:
+        args = dict(meta.get("stage2_args") or {})
+        if list(meta.get("classes") or []) != list(classes) and sorted(
+                meta.get("classes") or []) != sorted(classes):
+            args["sketch_dim"] = config.model.sketch_dim  # a new classifier: as configured
+        model.to_stage2(**args)
+    return load_for_finetuning(model, config.model.init_checkpoint, classes)
 
 
 def _warn_changed_settings(saved: Any, config: Any, checkpoint: Any) -> None:
@@ -346,7 +418,8 @@ def _final_evaluation(model: torch.nn.Module, ctx: StageContext, stage: int) -> 
     from lgdnet.engine.config import config_to_dict
     from lgdnet.engine.evaluate import evaluate, format_metrics, save_evaluation
 
-    dataset = builders.build_val_dataset(ctx.config, model.kind, ctx.classes, views="all")
+    dataset = builders.build_val_dataset(ctx.config, model.kind, ctx.classes, views="all",
+                                         stage=stage)
     result = evaluate(model, dataset, device=ctx.dist.device, precision=ctx.config.optim.precision,
                       progress=ctx.config.run.progress and is_tty(),
                       num_workers=ctx.config.data.num_workers, description=f"stage {stage} eval")

@@ -131,6 +131,16 @@ class LGDDetector(nn.Module):
         local, global_ = self.backbone.forward_features(video)
         return self.head(local, rois, global_)
 
+    def get_classifier(self) -> nn.Module:
+        """The ROI head (what fine-tuning re-initialises and what ``backbone_lr_mult`` spares)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh ROI classifier for ``num_classes`` action classes (plus background)."""
+        self.head.reset_classifier(num_classes)
+        self.num_classes = num_classes
+        self.build_args["detector"]["num_classes"] = num_classes
+
     def forward_parts(self, video: torch.Tensor, rois: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"logits": (K, num_classes + 1)}``: what the training loop's loss reads
         (``stage_loss``: the cross-entropy of ``logits`` against the ROI labels)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from lgdnet.models.init import init_authors, init_scratch, load_imagenet_2d, zero_global_to_local
 from lgdnet.models.layout import to_memory_format
-from lgdnet.models.lgd_block import DIFFUSIONS, ORDERS, LGDBlock
+from lgdnet.models.lgd_block import DIFFUSIONS, ORDERS
 from lgdnet.models.network import LGD2D, LGD3D, LGDNet
 
 
@@ -149,6 +149,8 @@ def create_model(
         rank_ratio=arch["rank_ratio"],
         in_channels=arch["in_channels"],
         dropout=arch["dropout"],
+        block_order=order,
+        projection_bias=scheme == "authors",  # the authors' projections have biases
     )
     if spec.kind == "3d":
         model: LGDNet = LGD3D(
@@ -157,8 +159,6 @@ def create_model(
     else:
         size = (arch["num_segments"], *spec.input_size)
         model = LGD2D(default_input_size=size, **common)
-    if scheme != "paper" or order != "paper":
-        _rebuild_blocks(model, order=order, bias=scheme == "authors")
     (init_authors if scheme == "authors" else init_scratch)(model)
     if residual_init == "zero":
         zero_global_to_local(model)
@@ -169,17 +169,6 @@ def create_model(
         extra["temporal_pool"] = temporal_pool
     model.build_args = {"name": name, "num_classes": num_classes, **arch, **extra}
     return to_memory_format(model, memory_format)
-
-
-def _rebuild_blocks(model: LGDNet, *, order: str, bias: bool) -> None:
-    """Replace every LGD block by one with the authors' order and/or projection biases,
-    around the same local unit (the network's constructor builds paper blocks)."""
-    for index in range(1, 5):
-        stage = getattr(model, f"layer{index}")
-        for i, block in enumerate(stage):
-            stage[i] = LGDBlock(block.local_unit, block.in_channels, block.out_channels,
-                                block.diffusion, block.rank_ratio, layout=block.layout,
-                                epilogue=block.epilogue, order=order, bias=bias)
 
 
 def _check(name: str, num_classes: int, arch: dict, init: str, pretrained: Any) -> None:

@@ -53,6 +53,12 @@ class LGDNet(nn.Module):
     :meth:`forward_parts` returns separately for the loss), and in stage 2 those of the
     combination classifier (Eq. 4-5).
 
+    Constructor arguments beyond the attributes below: ``layers`` (blocks per stage),
+    ``base_width``, ``diffusion``, ``rank_ratio``, ``dropout``, ``epilogue`` (the blocks'
+    ``"fused"`` or ``"plain"`` Eq. 2-3 epilogue), ``block_order`` (``"paper"`` or the authors'
+    ``"authors"``) and ``projection_bias`` (biases on the low-rank projections, as the
+    authors' code has); see :class:`~lgdnet.models.lgd_block.LGDBlock`.
+
     Attributes:
         kind: ``"2d"`` or ``"3d"``.
         stage: 1 (stage-1 head, Eq. 6) or 2 (combination classifier, Eq. 4-5, 7).
@@ -82,6 +88,8 @@ class LGDNet(nn.Module):
         dropout: float = 0.0,
         default_input_size: tuple[int, int, int] = (16, 112, 112),
         epilogue: str = "fused",
+        block_order: str = "paper",
+        projection_bias: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -103,7 +111,8 @@ class LGDNet(nn.Module):
                 stride = 2 if index > 0 and b == 0 else 1
                 unit = self.unit(channels, width, stride)
                 stage.append(LGDBlock(unit, channels, width * EXPANSION, diffusion, rank_ratio,
-                                      layout=self.layout, epilogue=epilogue))
+                                      layout=self.layout, epilogue=epilogue, order=block_order,
+                                      bias=projection_bias))
                 channels = width * EXPANSION
             self.add_module(f"layer{index + 1}", LGDStage(*stage))
         self.feature_dim = self.num_features = channels
@@ -277,6 +286,21 @@ class LGD3D(LGDNet):
 
     def between_res2_res3(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool2(x)
+
+    def set_temporal_pool(self, temporal_pool: int) -> LGD3D:
+        """Set pool1's temporal kernel and stride in place and return the model.
+
+        Pooling has no parameters, so the weights are untouched: Sec. 5.4 trains stage 1 on
+        16-frame clips with stride 2 and stage 2 on 128-frame clips with stride 4 (the
+        ``lgd3d_r50_long`` form). Updates :attr:`temporal_pool` and :attr:`build_args`.
+        """
+        if not isinstance(temporal_pool, int) or temporal_pool < 1:
+            raise ValueError(f"temporal_pool must be a positive integer, got {temporal_pool!r}")
+        self.temporal_pool = temporal_pool
+        self.pool1 = nn.MaxPool3d((temporal_pool, 1, 1), stride=(temporal_pool, 1, 1))
+        if self.build_args:
+            self.build_args = {**self.build_args, "temporal_pool": temporal_pool}
+        return self
 
 
 class LGD2D(LGDNet):
