@@ -162,8 +162,8 @@ def test_stage2_epochs_0_is_refused_before_anything_is_written(dataset, tmp_path
     run = tmp_path / "run"
     config = tiny_yaml(dataset, tmp_path / "run.yaml", run)
     result = lgdnet("train", "--config", config, "--set", "optim.stage2_epochs=0")
-    refused(result, 2, "optim.stage2_epochs: expected >= 1 to train stage 2 (run.stages=[1] "
-                       "trains stage 1 only), got 0")
+    refused(result, 2, "optim.stage2_epochs: expected > 0 to train stage 2 (run.stages=[1] "
+                       "trains stage 1 only), got 0.0")
     assert not run.exists()
 
 
