@@ -270,6 +270,9 @@ def measure_memory(config: dict[str, Any], timeout_s: float = 900.0) -> dict[str
     cmd = [sys.executable, str(BENCH_DIR / "memory_probe.py"), json.dumps(config)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    # `import lgdnet` keeps freed blocks (lgdnet.allocator); the probes measure the working
+    # memory with glibc's default unless the configuration asks for the setting
+    env["LGDNET_KEEP_FREED_MEMORY"] = "0"
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False

@@ -87,7 +87,7 @@ def main() -> int:
     # blocks at once; with keep_freed_memory (as the lgdnet command runs) the process also
     # keeps what it freed, so its peak depends on the order of allocations.
     if config.pop("keep_freed_memory", False):
-        keep_freed_memory()
+        keep_freed_memory(respect_environment=False)
     device = torch.device(config.pop("device", "cpu"))
     threads = config.pop("threads", None)
     if threads:

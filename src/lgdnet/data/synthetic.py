@@ -29,6 +29,33 @@ import numpy as np
 from lgdnet.data.annotations import save_classes
 
 
+def run_clip_jobs(write, jobs: list, workers: int | None, description: str,
+                  progress: bool) -> None:
+    """``write(job)`` for every job, in ``workers`` processes (default: up to 4), with a bar.
+
+    ``write`` must be a module-level function (the workers pickle it). Processes are forked
+    where the system can: the workers render with numpy and encode with PyAV only, never
+    touching torch or OpenMP, and forking spares each one the package import.
+    """
+    from tqdm import tqdm
+
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc=description, unit="clip", disable=not progress)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                write(job)
+                bar.update()
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for _ in pool.map(write, jobs, chunksize=4):
+                bar.update()
+    finally:
+        bar.close()
+
+
 @dataclass(frozen=True)
 class SyntheticClass:
     """One class of the embedded dataset: its name, what happens, and why one frame or one
@@ -351,23 +378,7 @@ def write_synthetic_dataset(
             jobs.append((os.fspath(out / relative), kind, seed, clip_number, num_frames, tuple(size), fps, clutter))
             (val_lines if clip_number < num_val else train_lines).append(f"{relative} {label}\n")
 
-    from tqdm import tqdm
-
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc="synthetic clips", unit="clip", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            _write_clip(job)
-            bar.update()
-    else:
-        # fork where there is one: the workers render with numpy and encode with PyAV only,
-        # never touching torch or OpenMP, and forking spares each one the package import.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(_write_clip, jobs, chunksize=4):
-                bar.update()
-    bar.close()
+    run_clip_jobs(_write_clip, jobs, workers, "synthetic clips", progress)
 
     dataset = SyntheticDataset(out, out / "train.txt", out / "val.txt", out / "classes.txt", out / "README.md",
                                classes, len(train_lines), len(val_lines))

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lgdnet.data.annotations import save_classes
-from lgdnet.data.synthetic import SyntheticDataset, _colour, _paint, write_video
+from lgdnet.data.synthetic import SyntheticDataset, _colour, _paint, run_clip_jobs, write_video
 
 RELATIONS = ("motion", "shape", "colour")
 LAYOUTS = ("far", "near")
@@ -284,9 +284,7 @@ def write_relation_dataset(
     if clips_per_class < 1 or not 0.0 <= val_fraction < 1.0 or num_frames < 2:
         raise ValueError("clips_per_class >= 1, val_fraction in [0, 1) and num_frames >= 2 needed")
     sample_scene(np.random.default_rng(0), relation, layout, size, num_frames, noise, objects)  # checks
-    from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm import tqdm
 
     from lgdnet.atomic import write_text
     from lgdnet.locking import ensure_output_dir
@@ -302,21 +300,7 @@ def write_relation_dataset(
             jobs.append((os.fspath(out / relative), relation, layout, label, seed, number,
                          tuple(size), num_frames, fps, noise, objects))
             (val_lines if number < num_val else train_lines).append(f"{relative} {label}\n")
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=f"{layout} {relation} clips", unit="clip", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            _write_clip(job)
-            bar.update()
-    else:
-        import multiprocessing
-
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(_write_clip, jobs, chunksize=8):
-                bar.update()
-    bar.close()
+    run_clip_jobs(_write_clip, jobs, workers, f"{layout} {relation} clips", progress)
     dataset = SyntheticDataset(out, out / "train.txt", out / "val.txt", out / "classes.txt",
                                out / "README.md", classes, len(train_lines), len(val_lines))
     write_text(dataset.train_list, "".join(train_lines))
