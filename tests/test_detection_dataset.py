@@ -23,7 +23,7 @@ from lgdnet.data.detection_dataset import (
 )
 from lgdnet.data.synthetic_detection import write_detection_dataset
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+REAL = Path(__file__).parent / "data" / "clips"  # copies of ../shared/data/clips
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +148,6 @@ def test_collate_and_a_bad_video_is_skipped(tiny, tmp_path, caplog):
                              on_error="raise")[0]
 
 
-@pytest.mark.skipif(not (REAL / "v_SoccerJuggling_g23_c01.avi").is_file(),
-                    reason="shared real clips not present")
 def test_a_real_ucf101_video():
     # A hand-made tube on a real UCF101 clip (320x240 AVI): boxes scaled to the clip size.
     video = "v_SoccerJuggling_g23_c01"

@@ -15,7 +15,7 @@ import torch.fx
 from lgdnet.models import create_model, fold_batchnorm, list_models
 
 BIG = {name for name in list_models() if not name.endswith("_tiny")}
-CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
+CLIPS = Path(__file__).parent / "data" / "clips"  # copies of ../shared/data/clips
 LEGACY = Path(__file__).parent / "data" / "legacy_checkpoints"
 
 
