@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lgdnet.atomic import write_text
+
 DEMO_CLASSES = ("approach", "separate", "toward_marker", "away_from_marker", "move_together",
                 "pass_by")
 
@@ -105,28 +107,37 @@ def demo_config(settings: DemoSettings, dataset: Any, run_dir: Path, seed: int,
     })
 
 
+def _reuse_demo_data(settings: Any, data_dir: Path, stamp: dict[str, Any]) -> Any:
+    """The dataset a previous demo wrote into ``data_dir`` with the same ``stamp``, or None."""
+    from lgdnet.data.synthetic import SyntheticDataset
+
+    stamp_file = data_dir / "demo-data.json"
+    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+        return None
+    num_val = round(settings.clips_per_class * settings.val_fraction)
+    return SyntheticDataset(data_dir, data_dir / "train.txt", data_dir / "val.txt",
+                            data_dir / "classes.txt", data_dir / "README.md",
+                            list(settings.classes),
+                            (settings.clips_per_class - num_val) * len(settings.classes),
+                            num_val * len(settings.classes))
+
+
 def write_relation_demo_data(settings: DemoSettings, data_dir: Path, seed: int, progress: bool) -> Any:
     """Write the demo's relation dataset, or reuse the one a previous demo wrote alike."""
-    from lgdnet.data.synthetic import SyntheticDataset
     from lgdnet.data.synthetic_relations import write_relation_dataset
 
     stamp = {"task": settings.task, "relation": settings.relation, "size": settings.size,
              "clips_per_class": settings.clips_per_class, "frames": settings.video_frames,
              "val_fraction": settings.val_fraction, "objects": settings.objects, "seed": seed}
-    stamp_file = data_dir / "demo-data.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        num_val = round(settings.clips_per_class * settings.val_fraction)
-        return SyntheticDataset(data_dir, data_dir / "train.txt", data_dir / "val.txt",
-                                data_dir / "classes.txt", data_dir / "README.md",
-                                list(settings.classes),
-                                (settings.clips_per_class - num_val) * len(settings.classes),
-                                num_val * len(settings.classes))
+    reused = _reuse_demo_data(settings, data_dir, stamp)
+    if reused is not None:
+        return reused
     dataset = write_relation_dataset(
         data_dir, relation=settings.relation, layout=settings.task,
         clips_per_class=settings.clips_per_class, seed=seed, num_frames=settings.video_frames,
         size=(settings.size, settings.size), val_fraction=settings.val_fraction,
         objects=settings.objects, progress=progress)
-    stamp_file.write_text(json.dumps(stamp))
+    write_text(data_dir / "demo-data.json", json.dumps(stamp))
     return dataset
 
 
@@ -136,27 +147,22 @@ def write_demo_data(settings: Any, data_dir: Path, seed: int, progress: bool) ->
     ``settings`` needs ``classes``, ``clips_per_class``, ``video_frames``, ``video_size``,
     ``val_fraction`` and optionally ``clutter`` (a :class:`DemoSettings` or alike).
     """
-    from lgdnet.data.synthetic import SyntheticDataset, write_synthetic_dataset
+    from lgdnet.data.synthetic import write_synthetic_dataset
 
     clutter = float(getattr(settings, "clutter", 1.0))
 
     stamp = {"classes": list(settings.classes), "clips_per_class": settings.clips_per_class,
              "frames": settings.video_frames, "size": list(settings.video_size),
              "val_fraction": settings.val_fraction, "clutter": clutter, "seed": seed}
-    stamp_file = data_dir / "demo-data.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        num_val = round(settings.clips_per_class * settings.val_fraction)
-        return SyntheticDataset(data_dir, data_dir / "train.txt", data_dir / "val.txt",
-                                data_dir / "classes.txt", data_dir / "README.md",
-                                list(settings.classes),
-                                (settings.clips_per_class - num_val) * len(settings.classes),
-                                num_val * len(settings.classes))
+    reused = _reuse_demo_data(settings, data_dir, stamp)
+    if reused is not None:
+        return reused
     dataset = write_synthetic_dataset(
         data_dir, clips_per_class=settings.clips_per_class, seed=seed,
         num_frames=settings.video_frames, size=settings.video_size,
         val_fraction=settings.val_fraction, classes=list(settings.classes), progress=progress,
         clutter=clutter)
-    stamp_file.write_text(json.dumps(stamp))
+    write_text(data_dir / "demo-data.json", json.dumps(stamp))
     return dataset
 
 
