@@ -12,6 +12,7 @@ $(BIN)/lgdnet: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" || $(BIN)/python -m pip install --quiet "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu || $(BIN)/python -m pip install --quiet "torch>=2.3"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from lgdnet.models import epilogue_kernel as k; print('LGD epilogue kernel:', 'built' if k.available() else 'not built, eager fallback: ' + k.reason())"
 	touch $(BIN)/lgdnet
 
 setup: $(BIN)/lgdnet

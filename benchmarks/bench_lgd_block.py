@@ -10,7 +10,9 @@ default on the CPU):
 
 * ``none``: ``ReLU(F(x))``, the P3D baseline block.
 * ``lgd``: the library's :class:`~lgdnet.models.lgd_block.LGDBlock` with its fused epilogue
-  (``epilogue="fused"``: Eq. 2 and the pooling of Eq. 3 as one autograd node).
+  (``epilogue="fused"``: Eq. 2 and the pooling of Eq. 3 as one autograd node), which runs
+  the one-pass CPU kernel of :mod:`lgdnet.models.epilogue_kernel`.
+* ``lgd_eager``: the same autograd node with the kernel switched off (its eager ATen passes).
 * ``lgd_plain``: the same block with ``epilogue="plain"``, autograd of the formula as written.
 * ``lgd_compiled``: ``torch.compile`` (inductor) of the plain block: the compiler sees the
   plain formula and may fuse the epilogue itself. Compile time is reported, not timed.
@@ -37,6 +39,7 @@ from harness import (  # noqa: E402
     time_round_robin,
 )
 
+from lgdnet.models import epilogue_kernel  # noqa: E402
 from lgdnet.models.lgd_block import LGDBlock  # noqa: E402
 from lgdnet.models.units import EXPANSION, P3DBottleneck  # noqa: E402
 
@@ -77,6 +80,14 @@ def _fwd_bwd(block: torch.nn.Module, c_in: int, t: int, h: int, channels_last: b
     return run
 
 
+def _without_kernel(fn: Any) -> Any:
+    def run() -> None:
+        with epilogue_kernel.disabled():
+            fn()
+
+    return run
+
+
 def measure_block(name: str, c_in: int, width: int, t: int, h: int, opts: BenchOptions) -> dict[str, Any]:
     torch.manual_seed(0)
     c_out = width * EXPANSION
@@ -89,6 +100,8 @@ def measure_block(name: str, c_in: int, width: int, t: int, h: int, opts: BenchO
     for suffix, channels_last in (("", False), ("_cl", True)):
         fns["none" + suffix] = _fwd_bwd(copy.deepcopy(plain), c_in, t, h, channels_last)
         fns["lgd" + suffix] = _fwd_bwd(copy.deepcopy(lgd), c_in, t, h, channels_last)
+        fns["lgd_eager" + suffix] = _without_kernel(
+            _fwd_bwd(copy.deepcopy(lgd), c_in, t, h, channels_last))
         fns["lgd_plain" + suffix] = _fwd_bwd(copy.deepcopy(lgd_plain), c_in, t, h, channels_last)
         if opts.compile:
             torch._dynamo.reset()

@@ -16,6 +16,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from lgdnet.models import epilogue_kernel
+
 Diffusion = Literal["lgd", "v1", "v2", "none"]
 DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
 LAYOUTS: tuple[str, ...] = ("clips", "frames")
@@ -119,9 +121,11 @@ class _ResidualReLUPool(torch.autograd.Function):
     """``y = ReLU(out + US(r))`` (Eq. 2) and ``P(y)`` (Eq. 3) as one autograd node.
 
     ``out`` (the local unit's fresh output) is overwritten, so forward allocates nothing
-    beyond the pooled vector and makes two passes over the map (add+ReLU, pool) where autograd
-    makes three. Backward forms ``(dL/dy + US(dL/dP) / M) * [y > 0]`` in one buffer (the ReLU
-    mask is applied in place) and ``dL/dr`` as its sum over positions. Not twice
+    beyond the pooled vector. Backward forms ``(dL/dy + US(dL/dP) / M) * [y > 0]`` in one
+    buffer and ``dL/dr`` as its sum over positions. Where :mod:`lgdnet.models.epilogue_kernel`
+    applies (float32/float64 CPU maps) each direction is one pass over the map; otherwise
+    forward makes two (add+ReLU, pool) where autograd makes three, and backward three (add,
+    ReLU mask in place, sum). Not twice
     differentiable. The gradient buffer takes the layout of ``y`` (the network's activations)
     whatever layout ``dL/dy`` arrives in. ``bench_lgd_block.py`` times it against the plain
     formula and against ``torch.compile`` of it.
@@ -129,19 +133,27 @@ class _ResidualReLUPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, residual: torch.Tensor, layout: str):  # type: ignore[override]
+        ctx.kernel = epilogue_kernel.applies(out, residual)
+        ctx.mark_dirty(out)
+        ctx.layout = layout
+        if ctx.kernel:  # one pass: add, ReLU and pool
+            pooled = epilogue_kernel.add_relu_pool_(out, residual, residual.numel() / out.numel())
+            ctx.save_for_backward(out)
+            return out, pooled
         clips, shape, dims = as_clips(out, residual.shape[0], layout)
         add_relu_(clips, spread(residual, shape))
-        ctx.mark_dirty(out)
         ctx.save_for_backward(out)
-        ctx.layout = layout
         return out, clips.mean(dims)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, grad_pooled: torch.Tensor):  # type: ignore[override]
         (y,) = ctx.saved_tensors
+        scaled = (grad_pooled / (y.numel() // grad_pooled.numel())).to(grad_y.dtype)
+        if ctx.kernel and grad_y.dtype == y.dtype:  # one pass: add, mask and reduce
+            grad, grad_residual = epilogue_kernel.add_relu_pool_backward(grad_y, y, scaled)
+            return grad, grad_residual, None
         grad = torch.empty_like(y, dtype=grad_y.dtype)  # y's layout
         n = grad_pooled.shape[0]
-        scaled = (grad_pooled / (y.numel() // grad_pooled.numel())).to(grad_y.dtype)
         clips, shape, dims = as_clips(grad, n, ctx.layout)
         grad_y_clips, _, _ = as_clips(grad_y, n, ctx.layout)
         torch.add(grad_y_clips, spread(scaled, shape), out=clips)
@@ -167,6 +179,8 @@ def residual_relu_pool(
     tracked = torch.is_grad_enabled() and out.requires_grad
     if fused and tracked and not torch.compiler.is_compiling():
         return _ResidualReLUPool.apply(out, residual, layout)
+    if fused and not tracked and epilogue_kernel.applies(out, residual):
+        return out, epilogue_kernel.add_relu_pool_(out, residual, residual.numel() / out.numel())
     clips, shape, dims = as_clips(out, residual.shape[0], layout)
     if tracked:
         clips = F.relu(clips + spread(residual, shape))

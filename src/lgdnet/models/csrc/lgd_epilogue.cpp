@@ -1,0 +1,224 @@
+// The LGD block's epilogue in one pass over the map each way (Eq. 2 and the P of Eq. 3).
+//
+//   forward:  x <- ReLU(x + US(r)) in place, returns P(x) = scale * sum over positions
+//   backward: g = (dL/dx + US(s)) * [x > 0], returns g and its sum over positions
+//
+// The map is read as (N, A, C, B), row-major: contiguous clips (N, C, T, H, W) are A = 1,
+// B = T*H*W; contiguous frames (N*T, C, H, W) are A = T, B = H*W; any channels-last map is
+// A = positions, B = 1. r and s are (N, C), contiguous. Sums run in float over short runs
+// (32 lanes of a plane, or 256 rows) and are added up in double.
+// Registered with torch.library as lgdnet::add_relu_pool_ and lgdnet::add_relu_pool_backward.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+struct Shape {
+  int64_t n, a, c, b;
+};
+
+bool channels_last(const at::Tensor& x) {
+  return x.dim() == 5 ? x.is_contiguous(at::MemoryFormat::ChannelsLast3d)
+                      : x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+Shape shape_of(const at::Tensor& x, const at::Tensor& r) {
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "lgdnet epilogue: a 4-D or 5-D map, got ", x.dim(), "-D");
+  TORCH_CHECK(r.dim() == 2 && r.is_contiguous(), "lgdnet epilogue: a contiguous (N, C) vector");
+  TORCH_CHECK(x.scalar_type() == r.scalar_type(), "lgdnet epilogue: map and vector dtypes differ");
+  const int64_t n = r.size(0), c = r.size(1);
+  TORCH_CHECK(x.size(1) == c && n > 0 && x.size(0) % n == 0,
+              "lgdnet epilogue: map ", x.sizes(), " does not match vector ", r.sizes());
+  if (x.numel() == 0) return {n, 0, c, 0};
+  if (channels_last(x)) {
+    // a map with one position is both layouts; read it as channels-last
+    return {n, x.numel() / (n * c), c, 1};
+  }
+  TORCH_CHECK(x.is_contiguous(), "lgdnet epilogue: the map must be contiguous or channels-last");
+  return {n, x.size(0) / n, c, x.numel() / (x.size(0) * c)};
+}
+
+constexpr int64_t kLanes = 32;     // independent partial sums per plane (vector registers)
+constexpr int64_t kFoldRows = 256;  // rows summed in float before they are added in double
+
+// Channels-last: each (n, a) row holds C values. A thread takes a run of rows, sums each
+// channel in float over up to kFoldRows rows, folds into double, and adds its per-sample sums
+// into the result under a lock (one flush per sample per thread).
+// op(n, offset, acc) handles the row at ``offset`` and adds it into acc[0..C).
+template <typename T, typename Op>
+void rows(const Shape& s, double* total, Op op) {
+  std::mutex lock;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.c));
+  at::parallel_for(0, s.n * s.a, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> partial(s.c);
+    std::vector<double> acc(s.c);
+    int64_t row = begin;
+    while (row < end) {
+      const int64_t n = row / s.a, stop = std::min(end, (n + 1) * s.a);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      while (row < stop) {
+        const int64_t fold = std::min(stop, row + kFoldRows);
+        std::fill(partial.begin(), partial.end(), T(0));
+        for (; row < fold; ++row) op(n, row * s.c, partial.data());
+        for (int64_t c = 0; c < s.c; ++c) acc[c] += partial[c];
+      }
+      std::lock_guard<std::mutex> guard(lock);
+      for (int64_t c = 0; c < s.c; ++c) total[n * s.c + c] += acc[c];
+    }
+  });
+}
+
+// Contiguous: each (n, c) owns A planes of B values; threads take (n, c) pairs.
+// op(n, c, offset, lanes) handles the B values at ``offset``, adding value b into
+// lanes[b % kLanes] for the first B - B % kLanes and returning the sum of the rest.
+template <typename T, typename Op>
+void planes(const Shape& s, double* total, Op op) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.a * s.b));
+  at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / s.c, c = nc % s.c;
+      double acc = 0.0;
+      for (int64_t a = 0; a < s.a; ++a) {
+        T lanes[kLanes] = {};
+        acc += op(n, c, ((n * s.a + a) * s.c + c) * s.b, lanes);
+        for (int64_t j = 0; j < kLanes; ++j) acc += lanes[j];
+      }
+      total[nc] = acc;
+    }
+  });
+}
+
+template <typename T>
+inline T relu(T v) {
+  return v < T(0) ? T(0) : v;  // a select, so loops vectorise; NaN passes, as in torch
+}
+
+template <typename T>
+void forward_kernel(const Shape& s, T* __restrict data, const T* __restrict vec, double* sum) {
+  if (s.b == 1) {
+    rows<T>(s, sum, [&](int64_t n, int64_t offset, T* __restrict acc) {
+      T* __restrict p = data + offset;
+      const T* __restrict v = vec + n * s.c;
+      for (int64_t c = 0; c < s.c; ++c) {
+        const T y = relu(p[c] + v[c]);
+        p[c] = y;
+        acc[c] += y;
+      }
+    });
+    return;
+  }
+  planes<T>(s, sum, [&](int64_t n, int64_t c, int64_t offset, T* __restrict lanes) {
+    T* __restrict p = data + offset;
+    const T v = vec[n * s.c + c];
+    int64_t b = 0;
+    for (; b + kLanes <= s.b; b += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T y = relu(p[b + j] + v);
+        p[b + j] = y;
+        lanes[j] += y;
+      }
+    }
+    double rest = 0.0;
+    for (; b < s.b; ++b) {
+      const T y = relu(p[b] + v);
+      p[b] = y;
+      rest += y;
+    }
+    return rest;
+  });
+}
+
+template <typename T>
+inline T masked(T out, T grad) {
+  return out > T(0) ? grad : T(0);
+}
+
+template <typename T>
+void backward_kernel(const Shape& s, const T* __restrict gy, const T* __restrict out,
+                     const T* __restrict vec, T* __restrict g, double* sum) {
+  if (s.b == 1) {
+    rows<T>(s, sum, [&](int64_t n, int64_t offset, T* __restrict acc) {
+      const T* __restrict v = vec + n * s.c;
+      const T* __restrict o = out + offset;
+      const T* __restrict d = gy + offset;
+      T* __restrict r = g + offset;
+      for (int64_t c = 0; c < s.c; ++c) {
+        const T value = masked(o[c], d[c] + v[c]);
+        r[c] = value;
+        acc[c] += value;
+      }
+    });
+    return;
+  }
+  planes<T>(s, sum, [&](int64_t n, int64_t c, int64_t offset, T* __restrict lanes) {
+    const T v = vec[n * s.c + c];
+    const T* __restrict o = out + offset;
+    const T* __restrict d = gy + offset;
+    T* __restrict r = g + offset;
+    int64_t b = 0;
+    for (; b + kLanes <= s.b; b += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T value = masked(o[b + j], d[b + j] + v);
+        r[b + j] = value;
+        lanes[j] += value;
+      }
+    }
+    double rest = 0.0;
+    for (; b < s.b; ++b) {
+      const T value = masked(o[b], d[b] + v);
+      r[b] = value;
+      rest += value;
+    }
+    return rest;
+  });
+}
+
+at::Tensor add_relu_pool_(at::Tensor x, const at::Tensor& r, double scale) {
+  const Shape s = shape_of(x, r);
+  at::Tensor total = at::zeros({s.n, s.c}, r.options().dtype(at::kDouble));
+  if (x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lgdnet_add_relu_pool_", [&] {
+      forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                               total.data_ptr<double>());
+    });
+  }
+  return total.mul_(scale).to(r.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> add_relu_pool_backward(const at::Tensor& grad_y, const at::Tensor& y,
+                                                          const at::Tensor& grad_pooled) {
+  const Shape s = shape_of(y, grad_pooled);
+  TORCH_CHECK(grad_y.sizes() == y.sizes() && grad_y.strides() == y.strides() &&
+                  grad_y.scalar_type() == y.scalar_type(),
+              "lgdnet epilogue: the gradient must have the map's shape, layout and dtype");
+  at::Tensor grad = at::empty_like(y);
+  at::Tensor total = at::zeros({s.n, s.c}, y.options().dtype(at::kDouble));
+  if (y.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "lgdnet_add_relu_pool_backward", [&] {
+      backward_kernel<scalar_t>(s, grad_y.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                grad_pooled.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                                total.data_ptr<double>());
+    });
+  }
+  return {grad, total.to(y.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lgdnet, m) {
+  m.def("add_relu_pool_(Tensor(a!) x, Tensor r, float scale) -> Tensor");
+  m.def("add_relu_pool_backward(Tensor grad_y, Tensor y, Tensor grad_pooled) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(lgdnet, CPU, m) {
+  m.impl("add_relu_pool_", &add_relu_pool_);
+  m.impl("add_relu_pool_backward", &add_relu_pool_backward);
+}
