@@ -16,7 +16,6 @@ from lgdnet.models.lgd_block import LGDBlock
 from lgdnet.models.units import FrameBottleneck, P3DBottleneck
 
 
-
 def test_the_kernel_builds_where_a_compiler_is():
     # the project's machines and CI have g++ and ninja (a dependency): no silent fallback here
     assert epilogue_kernel.available(), epilogue_kernel.reason()
