@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from lgdnet.engine.compilation import COMPILE_MODES
 from lgdnet.errors import ConfigError
 from lgdnet.models.layout import MEMORY_FORMATS
 
@@ -154,6 +155,9 @@ class RunConfig:
     # activations' memory layout (lgdnet.models.layout): "auto" (channels-last on the CPU and
     # for bf16/fp16 on CUDA, contiguous for fp32 on CUDA), "channels_last" or "contiguous"
     memory_format: str = "auto"
+    # torch.compile for training (lgdnet.engine.compilation): "off" (eager; the CPU runs the
+    # LGD epilogue kernel), "epilogue" (the blocks' Eq. 2-3 epilogue only) or "model"
+    compile: str = "off"
     tensorboard: bool = False  # also write TensorBoard events (needs `tensorboard`)
     log_every: int = 10  # a log line every N optimiser steps when no progress bar is shown
     progress: bool = True  # progress bars (on a terminal, rank 0 only)
@@ -488,6 +492,7 @@ def validate_config(config: Config) -> None:
          "run.device", "'auto', 'cpu' or 'cuda'"),
         (config.run.log_every > 0, "run.log_every", "> 0"),
         (config.run.memory_format in MEMORY_FORMATS, "run.memory_format", f"one of {MEMORY_FORMATS}"),
+        (config.run.compile in COMPILE_MODES, "run.compile", f"one of {COMPILE_MODES}"),
     ]
     for ok, key, expected in checks:
         if not ok:

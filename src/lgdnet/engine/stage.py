@@ -18,6 +18,7 @@ import torch
 
 from lgdnet.engine import distributed
 from lgdnet.engine.checkpoint import set_rng_state
+from lgdnet.engine.compilation import apply_compile
 from lgdnet.engine.loop import (
     EpochState,
     batch_plan,
@@ -125,6 +126,7 @@ def setup_stage(model: torch.nn.Module, stage: int, ctx: StageContext) -> StageR
     model.to(device)
     to_memory_format(model, resolve_memory_format(config.run.memory_format, device, optim.precision))
     parts = TrainParts(model, frozen_norms(model, optim.freeze_bn))
+    apply_compile(parts, config.run.compile, device)
     net = _wrap(parts, dist)
     optimizer = torch.optim.SGD(param_groups(model, lr, optim.backbone_lr_mult), lr=lr,
                                 momentum=optim.momentum, weight_decay=optim.weight_decay)

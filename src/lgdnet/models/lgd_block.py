@@ -21,7 +21,7 @@ from lgdnet.models import epilogue_kernel
 Diffusion = Literal["lgd", "v1", "v2", "none"]
 DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
 LAYOUTS: tuple[str, ...] = ("clips", "frames")
-EPILOGUES: tuple[str, ...] = ("fused", "plain")
+EPILOGUES: tuple[str, ...] = ("fused", "plain", "compiled")
 ORDERS: tuple[str, ...] = ("paper", "authors")
 
 
@@ -161,6 +161,29 @@ class _ResidualReLUPool(torch.autograd.Function):
         return grad, clips.sum(dims), None
 
 
+def _plain_epilogue(
+    out: torch.Tensor, residual: torch.Tensor, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (2) and P of Eq. (3) as written, out of place: what ``torch.compile`` fuses."""
+    clips, shape, dims = as_clips(out, residual.shape[0], layout)
+    y = F.relu(clips + spread(residual, shape))
+    return y.view(out.shape), y.sum(dims) / (y.shape[dims[0]] * y.shape[3] * y.shape[4])
+
+
+_COMPILED: list = []
+
+
+def compiled_epilogue(
+    out: torch.Tensor, residual: torch.Tensor, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain epilogue through ``torch.compile`` (inductor: C++ on the CPU, Triton on CUDA),
+    compiled once per process and per shape (``dynamic=False``); the block's
+    ``epilogue="compiled"`` (``run.compile: epilogue``)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_plain_epilogue, dynamic=False))
+    return _COMPILED[0](out, residual, layout)
+
+
 @torch.fx.wrap
 def residual_relu_pool(
     out: torch.Tensor, residual: torch.Tensor, layout: str = "clips", fused: bool = True
@@ -228,7 +251,9 @@ class LGDBlock(nn.Module):
             maps ``(N*T, C, H, W)``, where P averages over the T frames of each clip (the
             clip count N is that of ``g``).
         epilogue: ``"fused"`` (Eq. 2 and P of Eq. 3 as one autograd node in training, see
-            :func:`residual_relu_pool`) or ``"plain"`` (autograd of the formula as written).
+            :func:`residual_relu_pool`), ``"plain"`` (autograd of the formula as written) or
+            ``"compiled"`` (the formula through ``torch.compile`` in training,
+            :func:`compiled_epilogue`; inference runs the fused path).
         order: ``"paper"`` (Eq. 2 then Eq. 3) or ``"authors"`` (see above).
         bias: give the projections W biases (the authors' code; the paper has none).
 
@@ -293,8 +318,7 @@ class LGDBlock(nn.Module):
                 clips, shape, _ = as_clips(out, g.shape[0], self.layout)
                 gate = torch.sigmoid(self.global_to_local(g))
                 return F.relu(clips * spread(gate, shape)).view(out.shape), g  # Eq. (9), g_l
-            out, _ = residual_relu_pool(  # Eq. (2) with g_l in place of g_{l-1}
-                out, self.global_to_local(g), self.layout, self.epilogue == "fused")
+            out, _ = self._epilogue(out, self.global_to_local(g))  # Eq. (2) with g_l
             return out, g
         if self.diffusion == "v2":
             clips, shape, dims = as_clips(out, g.shape[0], self.layout)
@@ -303,12 +327,17 @@ class LGDBlock(nn.Module):
             pooled = clips.mean(dims)  # P(x_l)
             out = clips.view(out.shape)
         else:
-            out, pooled = residual_relu_pool(  # Eq. (2) and P(x_l)
-                out, self.global_to_local(g), self.layout, self.epilogue == "fused")
+            out, pooled = self._epilogue(out, self.global_to_local(g))  # Eq. (2) and P(x_l)
         if self.diffusion == "v1":
             return out, pooled  # Eq. (8)
         g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))  # Eq. (3)
         return out, g
+
+    def _epilogue(self, out: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if (self.epilogue == "compiled" and torch.is_grad_enabled() and out.requires_grad
+                and not torch.compiler.is_compiling()):
+            return compiled_epilogue(out, residual, self.layout)
+        return residual_relu_pool(out, residual, self.layout, self.epilogue != "plain")
 
 
 class LGDStage(nn.Sequential):
