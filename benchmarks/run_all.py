@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=None,
                         help="interleaved pairs per comparison (at least 10 for the targets)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the block-level torch.compile arms (bench_compile.py has the "
+                             "whole-network comparison)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where RESULTS.md and results.json go (default: benchmarks/; "
                         "for --quick the system's temporary folder)")
@@ -99,6 +102,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         pairs=args.pairs or (3 if quick else 11),
         warmup=1,
         memory=not args.no_memory,
+        compile=not args.no_compile,
     )
 
 
