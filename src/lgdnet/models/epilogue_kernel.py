@@ -52,7 +52,11 @@ def disabled() -> Iterator[None]:
 def _flags() -> tuple[str, list[str]]:
     """The build's name (torch version and CPU capability, so caches never mix) and flags."""
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", "-fno-trapping-math"]  # selects, not branches: the loops vectorise
+    # -fno-trapping-math: selects, not branches, so the loops vectorise; -fopenmp: ATen's
+    # parallel_for is a header template, threaded only when the extension is built with OpenMP
+    flags = ["-O3", "-fno-trapping-math"]
+    if torch.backends.openmp.is_available():
+        flags.append("-fopenmp")
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     version = re.sub(r"\W", "_", torch.__version__)
@@ -65,6 +69,7 @@ def _load() -> None:
     name, flags = _flags()
     start = time.perf_counter()
     cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                       extra_ldflags=[f for f in flags if f == "-fopenmp"],
                        is_python_module=False, verbose=False)
     logger.info("LGD epilogue kernel ready (%s, %.1f s)", name, time.perf_counter() - start)
 
