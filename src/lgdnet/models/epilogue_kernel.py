@@ -17,6 +17,7 @@ runs instead: :func:`available` says which, and the reason is logged once (``lgd
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -50,7 +51,8 @@ def disabled() -> Iterator[None]:
 
 
 def _flags() -> tuple[str, list[str]]:
-    """The build's name (torch version and CPU capability, so caches never mix) and flags."""
+    """The build's name and flags. The name holds the torch version, the CPU capability and a
+    digest of the source and flags, so builds for other versions never share a cache folder."""
     capability = torch.backends.cpu.get_cpu_capability()
     # -fno-trapping-math: selects, not branches, so the loops vectorise; -fopenmp: ATen's
     # parallel_for is a header template, threaded only when the extension is built with OpenMP
@@ -60,7 +62,8 @@ def _flags() -> tuple[str, list[str]]:
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     version = re.sub(r"\W", "_", torch.__version__)
-    return f"lgdnet_epilogue_{version}_{capability.lower()}", flags
+    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
+    return f"lgdnet_epilogue_{version}_{capability.lower()}_{digest}", flags
 
 
 def _load() -> None:
