@@ -120,6 +120,26 @@ def test_train_on_cuda_then_use_the_checkpoint_on_cpu(two_class_dataset, tmp_pat
                                rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["epilogue", "model"])
+def test_compiled_training_on_cuda_has_the_eager_losses(two_class_dataset, tmp_path, mode):
+    """``run.compile`` on the GPU (Triton; ``model`` with CUDA graphs): the first steps'
+    losses as in eager mode (with eager's dropout masks, ``fallback_random``), the later
+    ones within the drift that SGD on 2-clip batches amplifies."""
+    import torch._inductor.config
+
+    settings = ("run.device=cuda", "run.stages=[1]")
+    training.train(tiny_training_config(two_class_dataset, tmp_path / "eager", *settings))
+    with torch._inductor.config.patch(fallback_random=True):
+        training.train(tiny_training_config(two_class_dataset, tmp_path / mode, *settings,
+                                            f"run.compile={mode}"))
+    from lgdnet.engine.records import read_jsonl
+
+    eager = [s["loss"] for s in read_jsonl(tmp_path / "eager" / "steps.jsonl")]
+    compiled = [s["loss"] for s in read_jsonl(tmp_path / mode / "steps.jsonl")]
+    assert compiled[:2] == pytest.approx(eager[:2], rel=1e-4)
+    assert compiled == pytest.approx(eager, rel=1e-2)
+
+
 def test_torchrun_single_gpu_uses_nccl(two_class_dataset, tmp_path):
     """`torchrun` with one process per GPU: the process group is NCCL's and training runs."""
     config_path = tmp_path / "config.json"
