@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lgdnet.apps.ablation import MODEL_NAMES, VARIANT_LABELS, VARIANTS, _run_one
+from lgdnet.atomic import write_text
 
 TASKS = ("far", "near")
 INITS = ("paper", "authors")
@@ -432,6 +433,12 @@ def stage_features(model: Any, loader: Any) -> tuple[dict[str, Any], Any]:
 def probe_run(run_dir: Path, data: Any, max_items: int = 0) -> dict[str, Any]:
     """Linear probes of a trained run's stage features: fitted on the training clips (one
     whole-frame view each, no augmentation), scored on the held-out clips."""
+    return probe_runs([run_dir], data, max_items)[run_dir]
+
+
+def probe_runs(run_dirs: list[Path], data: Any, max_items: int = 0) -> dict[Path, dict[str, Any]]:
+    """:func:`probe_run` for several runs trained on the same dataset with the same sampling
+    (one task and network kind): the clips are decoded once and every model scores them."""
     import torch
 
     from lgdnet.data import VideoDataset, load_annotations
@@ -439,22 +446,43 @@ def probe_run(run_dir: Path, data: Any, max_items: int = 0) -> dict[str, Any]:
     from lgdnet.engine.checkpoint import load_model
     from lgdnet.engine.config import config_from_dict
 
-    model, config, classes = load_model(run_dir / "stage1_last.safetensors", "cpu")
-    if isinstance(config, dict):
-        config = config_from_dict(config)
-    spec = sampling_spec(config.data, model.kind)
-    feats = {}
-    for subset, path in (("train", data.train_list), ("test", data.val_list)):
-        records = load_annotations(path, root=data.root, classes=classes).records
-        if max_items:
-            records = records[:max_items]
-        dataset = VideoDataset(records, dataclasses.replace(spec, num_test_views=1), mode="test",
-                               seed=0)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=0,
-                                             collate_fn=_collate)
-        feats[subset] = stage_features(model, loader)
-    (train, ytr), (test, yte) = feats["train"], feats["test"]
-    return {key: linear_probe(train[key], ytr, test[key], yte) for key in train}
+    batches: dict[str, list[dict[str, Any]]] = {}
+    probes = {}
+    for run_dir in run_dirs:
+        model, config, classes = load_model(run_dir / "stage1_last.safetensors", "cpu")
+        if isinstance(config, dict):
+            config = config_from_dict(config)
+        if not batches:
+            spec = dataclasses.replace(sampling_spec(config.data, model.kind), num_test_views=1)
+            for subset, path in (("train", data.train_list), ("test", data.val_list)):
+                records = load_annotations(path, root=data.root, classes=classes).records
+                if max_items:
+                    records = records[:max_items]
+                dataset = VideoDataset(records, spec, mode="test", seed=0)
+                loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=0,
+                                                     collate_fn=_collate)
+                batches[subset] = list(loader)
+        (train, ytr), (test, yte) = (stage_features(model, batches[s]) for s in ("train", "test"))
+        probes[run_dir] = {key: linear_probe(train[key], ytr, test[key], yte) for key in train}
+    return probes
+
+
+def write_probes(results: list[dict[str, Any]], runs_dir: Path, datasets: dict[tuple[str, str], Any]) -> None:
+    """``probe.json`` in every finished stage-1 run that has none (one decoding of the clips
+    per task and network), and each result's ``probe`` entry."""
+    missing: dict[tuple[str, str], list[Path]] = {}
+    for result in results:
+        if result["kind"] == "stage1" and not result.get("diverged"):
+            run_dir = runs_dir / result["name"]
+            if not (run_dir / "probe.json").is_file():
+                missing.setdefault((result["task"], result["network"]), []).append(run_dir)
+    for key, run_dirs in missing.items():
+        for run_dir, probe in probe_runs(run_dirs, datasets[key]).items():
+            write_text(run_dir / "probe.json", json.dumps(probe))
+    for result in results:
+        probe_file = runs_dir / result["name"] / "probe.json"
+        if result["kind"] == "stage1" and probe_file.is_file():
+            result["probe"] = json.loads(probe_file.read_text())
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -525,15 +553,7 @@ def run_relations(
                      for kind in ("com", "continued") if (n, lgd_arms[0]) not in diverged]
             results += _run_all(jobs(extra), workers, echo, progress)
     if settings.probe:
-        for result in results:
-            if result["kind"] != "stage1" or result.get("diverged"):
-                continue
-            probe_file = runs_dir / result["name"] / "probe.json"
-            if not probe_file.is_file():
-                run = RelationRun(result["task"], result["network"], result["arm"], result["seed"])
-                probe_file.write_text(json.dumps(probe_run(runs_dir / run.name,
-                                                           datasets[(run.task, run.network)])))
-            result["probe"] = json.loads(probe_file.read_text())
+        write_probes(results, runs_dir, datasets)
     report = summarise(results, settings)
     report.update(settings=dataclasses.asdict(settings), receptive_fields=fields,
                   seconds=time.perf_counter() - started,
