@@ -13,13 +13,13 @@ import torch
 from lgdnet.apps.relations import (
     RELATION_MODES,
     RelationSettings,
-    linear_probe,
     measure_receptive_field,
-    paired,
     pooled_interaction,
     run_relations,
     sees_both,
 )
+from lgdnet.apps.relations_probes import linear_probe
+from lgdnet.apps.relations_report import paired
 from lgdnet.data.synthetic_relations import far_gap, sample_scene
 from lgdnet.models import create_model
 from lgdnet.models.lgd_block import LGDBlock

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from lgdnet.apps.ablation import MODEL_NAMES, VARIANT_LABELS, VARIANTS, _run_one
-from lgdnet.atomic import write_text
 
 TASKS = ("far", "near")
 INITS = ("paper", "authors")
@@ -364,134 +362,6 @@ def pooled_interaction(model: Any, scene: Any, network: str, settings: RelationS
     return result
 
 
-# ------------------------------------------------------------------------ linear probes
-def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, l2: float = 1e-3) -> dict[str, float]:
-    """Multinomial logistic regression (standardised features, L2 ``l2``, L-BFGS) fitted on
-    the training features; returns its ``train`` and ``test`` accuracy."""
-    import torch
-
-    xtr, xte = torch.as_tensor(train_x, dtype=torch.float64), torch.as_tensor(test_x, dtype=torch.float64)
-    ytr, yte = torch.as_tensor(train_y).long(), torch.as_tensor(test_y).long()
-    mean, std = xtr.mean(0), xtr.std(0) + 1e-8
-    xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    classes = int(max(ytr.max(), yte.max())) + 1
-    weight = torch.zeros(xtr.shape[1], classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weight, bias], max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure() -> Any:
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xtr @ weight + bias, ytr) + l2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():
-        return {"train": float(((xtr @ weight + bias).argmax(1) == ytr).double().mean()),
-                "test": float(((xte @ weight + bias).argmax(1) == yte).double().mean())}
-
-
-def stage_features(model: Any, loader: Any) -> tuple[dict[str, Any], Any]:
-    """``P(x_l)`` and ``g_l`` after each stage (hooks on ``layer1..4``), for every item.
-
-    Returns ``({"P(x_1)": (N, C), "g_1": ..., ...}, labels)``.
-    """
-    import torch
-
-    from lgdnet.models.units import to_clip
-
-    collected: dict[str, list[Any]] = {}
-    batch_size = {"n": 0}
-
-    def hook(index: int) -> Callable[..., None]:
-        def record(module: Any, inputs: Any, output: Any) -> None:
-            x, g = output
-            clip = x if x.dim() == 5 else to_clip(x, batch_size["n"])
-            collected.setdefault(f"P(x_{index})", []).append(clip.mean((2, 3, 4)).float())
-            if g is not None:
-                collected.setdefault(f"g_{index}", []).append(g.float())
-        return record
-
-    handles = [getattr(model, f"layer{i}").register_forward_hook(hook(i)) for i in range(1, 5)]
-    labels = []
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                video = batch["video"]
-                if video.dim() == 6:  # test items: (N, V, C, T, H, W); one view here
-                    video = video[:, 0]
-                batch_size["n"] = video.shape[0]
-                model(video)
-                labels.append(torch.as_tensor(batch["label"]))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {k: torch.cat(v) for k, v in collected.items()}, torch.cat(labels)
-
-
-def probe_run(run_dir: Path, data: Any, max_items: int = 0) -> dict[str, Any]:
-    """Linear probes of a trained run's stage features: fitted on the training clips (one
-    whole-frame view each, no augmentation), scored on the held-out clips."""
-    return probe_runs([run_dir], data, max_items)[run_dir]
-
-
-def probe_runs(run_dirs: list[Path], data: Any, max_items: int = 0) -> dict[Path, dict[str, Any]]:
-    """:func:`probe_run` for several runs trained on the same dataset with the same sampling
-    (one task and network kind): the clips are decoded once and every model scores them."""
-    import torch
-
-    from lgdnet.data import VideoDataset, load_annotations
-    from lgdnet.engine.builders import sampling_spec
-    from lgdnet.engine.checkpoint import load_model
-    from lgdnet.engine.config import config_from_dict
-
-    batches: dict[str, list[dict[str, Any]]] = {}
-    probes = {}
-    for run_dir in run_dirs:
-        model, config, classes = load_model(run_dir / "stage1_last.safetensors", "cpu")
-        if isinstance(config, dict):
-            config = config_from_dict(config)
-        if not batches:
-            spec = dataclasses.replace(sampling_spec(config.data, model.kind), num_test_views=1)
-            for subset, path in (("train", data.train_list), ("test", data.val_list)):
-                records = load_annotations(path, root=data.root, classes=classes).records
-                if max_items:
-                    records = records[:max_items]
-                dataset = VideoDataset(records, spec, mode="test", seed=0)
-                loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=0,
-                                                     collate_fn=_collate)
-                batches[subset] = list(loader)
-        (train, ytr), (test, yte) = (stage_features(model, batches[s]) for s in ("train", "test"))
-        probes[run_dir] = {key: linear_probe(train[key], ytr, test[key], yte) for key in train}
-    return probes
-
-
-def write_probes(results: list[dict[str, Any]], runs_dir: Path, datasets: dict[tuple[str, str], Any]) -> None:
-    """``probe.json`` in every finished stage-1 run that has none (one decoding of the clips
-    per task and network), and each result's ``probe`` entry."""
-    missing: dict[tuple[str, str], list[Path]] = {}
-    for result in results:
-        if result["kind"] == "stage1" and not result.get("diverged"):
-            run_dir = runs_dir / result["name"]
-            if not (run_dir / "probe.json").is_file():
-                missing.setdefault((result["task"], result["network"]), []).append(run_dir)
-    for key, run_dirs in missing.items():
-        for run_dir, probe in probe_runs(run_dirs, datasets[key]).items():
-            write_text(run_dir / "probe.json", json.dumps(probe))
-    for result in results:
-        probe_file = runs_dir / result["name"] / "probe.json"
-        if result["kind"] == "stage1" and probe_file.is_file():
-            result["probe"] = json.loads(probe_file.read_text())
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    import torch
-
-    return {"video": torch.stack([item["video"] for item in items]),
-            "label": torch.tensor([item["label"] for item in items])}
-
-
 # ---------------------------------------------------------------------------- the grid
 def run_relations(
     out_dir: str | os.PathLike = "lgdnet-relations",
@@ -553,7 +423,11 @@ def run_relations(
                      for kind in ("com", "continued") if (n, lgd_arms[0]) not in diverged]
             results += _run_all(jobs(extra), workers, echo, progress)
     if settings.probe:
+        from lgdnet.apps.relations_probes import write_probes
+
         write_probes(results, runs_dir, datasets)
+    from lgdnet.apps.relations_report import plot_losses, summarise
+
     report = summarise(results, settings)
     report.update(settings=dataclasses.asdict(settings), receptive_fields=fields,
                   seconds=time.perf_counter() - started,
@@ -565,130 +439,3 @@ def run_relations(
     echo(report["markdown"])
     echo(f"done in {report['seconds'] / 60:.1f} min; reports in {out}")
     return report
-
-
-# ------------------------------------------------------------------------------ reports
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
-
-
-def paired(differences: list[float]) -> dict[str, Any]:
-    """Mean and 95% confidence interval (Student's t) of paired differences (points)."""
-    n = len(differences)
-    mean = statistics.fmean(differences) if n else float("nan")
-    if n < 2:
-        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n, "values": differences}
-    half = _T975[min(n - 2, len(_T975) - 1)] * statistics.stdev(differences) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": differences}
-
-
-def summarise(results: list[dict[str, Any]], settings: RelationSettings) -> dict[str, Any]:
-    """Top-1 per cell (mean ± std over seeds) and each arm's paired gain over the baseline of
-    the same seed, task, network and initialisation (mean and 95% CI), plus Table 3."""
-    by_key = {(r["kind"], r["task"], r["network"], r["arm"], r["seed"]): r for r in results}
-
-    def acc(kind: str, task: str, network: str, arm: str) -> dict[int, float]:
-        return {k[4]: 100 * by_key[k]["metrics"]["top1"] for k in by_key
-                if k[:4] == (kind, task, network, arm)}
-
-    cells: dict[str, Any] = {}
-    lines = ["| Method | init | " + " | ".join(f"{NETWORK_NAMES[n]}, {t}" for t in settings.tasks
-                                               for n in settings.networks) + " |",
-             "|---|---|" + "---|" * (len(settings.tasks) * len(settings.networks))]
-    for arm in settings.arms:
-        variant, init, _ = parse_arm(arm)
-        row = []
-        for task in settings.tasks:
-            for network in settings.networks:
-                values = acc("stage1", task, network, arm)
-                base = acc("stage1", task, network, f"none:{init}:paper")
-                entry: dict[str, Any] = {"top1": list(values.values())}
-                text = "-"
-                if values:
-                    std = statistics.stdev(values.values()) if len(values) > 1 else 0.0
-                    text = f"{statistics.fmean(values.values()):.1f} ± {std:.1f}"
-                if variant != "none" and base:
-                    gain = paired([values[s] - base[s] for s in values if s in base])
-                    entry["gain"] = gain
-                    text += f" ({gain['mean']:+.1f} [{gain['low']:+.1f}, {gain['high']:+.1f}])"
-                probes = [by_key[k]["probe"] for k in by_key
-                          if k[:4] == ("stage1", task, network, arm) and "probe" in by_key[k]]
-                if probes:
-                    entry["probe"] = {key: statistics.fmean(100 * p[key]["test"] for p in probes)
-                                      for key in probes[0]}
-                cells[f"{task}/{network}/{arm}"] = entry
-                row.append(text)
-        lines.append(f"| {arm_label(arm)} | {init} | " + " | ".join(row) + " |")
-    markdown = ["Top-1 (%) on the held-out clips, mean ± std over seeds; in brackets the "
-                "paired gain over the baseline with the same initialisation, mean and 95% CI.",
-                "", *lines]
-    # probes
-    probe_rows = [(k, v["probe"]) for k, v in cells.items() if "probe" in v]
-    if probe_rows:
-        keys = [f"P(x_{i})" for i in range(1, 5)] + [f"g_{i}" for i in range(1, 5)]
-        markdown += ["", "Linear probes (held-out top-1 %, mean over seeds) of the pooled local "
-                     "map P(x_l) and the global vector g_l after each stage:", "",
-                     "| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        for key, probe in probe_rows:
-            markdown.append(f"| {key} | " + " | ".join(
-                f"{probe[k]:.1f}" if k in probe else "-" for k in keys) + " |")
-    table3 = {}
-    lgd_arms = [a for a in settings.arms if parse_arm(a)[0] == "lgd"][:1]
-    if lgd_arms and settings.stage2_epochs:
-        markdown += ["", "Table 3 analogue (far task, LGD networks): top-1 (%), mean ± std; "
-                     "in brackets the paired difference to stage 1 continued.", "",
-                     "| Method | epochs | " + " | ".join(NETWORK_NAMES[n] for n in settings.networks)
-                     + " |", "|---|---|" + "---|" * len(settings.networks)]
-        for kind, label, epochs in (("stage1", "stage 1, Eq. (6)", settings.epochs),
-                                    ("continued", "stage 1 continued", settings.epochs + settings.stage2_epochs),
-                                    ("com", "+ combination classifier (Eq. 7)", settings.epochs + settings.stage2_epochs)):
-            row = []
-            for network in settings.networks:
-                values = acc(kind, "far", network, lgd_arms[0])
-                control = acc("continued", "far", network, lgd_arms[0])
-                text = "-"
-                if values:
-                    std = statistics.stdev(values.values()) if len(values) > 1 else 0.0
-                    text = f"{statistics.fmean(values.values()):.1f} ± {std:.1f}"
-                    if kind == "com" and control:
-                        d = paired([values[s] - control[s] for s in values if s in control])
-                        text += f" ({d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}])"
-                table3[f"{network}/{kind}"] = list(values.values())
-                row.append(text)
-            markdown.append(f"| {label} | {epochs} | " + " | ".join(row) + " |")
-    return {"cells": cells, "table3": table3, "markdown": "\n".join(markdown)}
-
-
-def plot_losses(results: list[dict[str, Any]], settings: RelationSettings, path: Path) -> Path:
-    """Fig. 4 analogue: training loss per epoch of the local (solid) and global (dashed)
-    paths, mean over seeds; one panel per task and network."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(t, n) for t in settings.tasks for n in settings.networks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    colours = ["tab:grey", "tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:green",
-               "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-    for ax, (task, network) in zip(axes[0], panels):
-        for colour, arm in zip(colours, settings.arms):
-            runs = [r for r in results if (r["kind"], r["task"], r["network"], r["arm"])
-                    == ("stage1", task, network, arm)]
-            for key, style in (("local_loss", "-"), ("global_loss", "--")):
-                per_epoch: dict[int, list[float]] = {}
-                for run in runs:
-                    for record in run["history"]:
-                        if record.get(key) is not None:
-                            per_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
-                if per_epoch:
-                    xs = sorted(per_epoch)
-                    ax.plot(xs, [statistics.fmean(per_epoch[x]) for x in xs], style, color=colour,
-                            label=f"{arm} {key.split('_')[0]}")
-        ax.set(title=f"{task}, {NETWORK_NAMES[network]}", xlabel="epoch", ylabel="training cross-entropy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
