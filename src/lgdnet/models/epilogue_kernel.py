@@ -74,7 +74,7 @@ def _load() -> None:
     cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
                        extra_ldflags=[f for f in flags if f == "-fopenmp"],
                        is_python_module=False, verbose=False)
-    logger.info("LGD epilogue kernel ready (%s, %.1f s)", name, time.perf_counter() - start)
+    logger.debug("LGD epilogue kernel ready (%s, %.1f s)", name, time.perf_counter() - start)
 
 
 def _first_error(error: Exception) -> str:
