@@ -410,11 +410,7 @@ def plot_losses(results: list[dict[str, Any]], settings: AblationSettings,
         for variant in settings.variants:
             runs = [r for r in results if (r["kind"], r["network"], r["variant"]) == ("stage1", network, variant)]
             for key, style, path_name in (("local_loss", "-", "local"), ("global_loss", "--", "global")):
-                per_epoch: dict[int, list[float]] = {}
-                for run in runs:
-                    for record in run["history"]:
-                        if record.get(key) is not None:
-                            per_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
+                per_epoch = losses_per_epoch(runs, key)
                 if per_epoch:
                     xs = sorted(per_epoch)
                     ax.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs], style,
@@ -450,3 +446,13 @@ def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
     text = json.dumps({**report, "runs": runs, "configs": configs}, indent=2, default=str)
     paths["results"].write_text(text + "\n", encoding="utf-8")
     return paths
+
+
+def losses_per_epoch(runs: list[dict[str, Any]], key: str) -> dict[int, list[float]]:
+    """Every run's ``key`` loss (``local_loss``/``global_loss``), grouped by epoch."""
+    per_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for record in run["history"]:
+            if record.get(key) is not None:
+                per_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
+    return per_epoch

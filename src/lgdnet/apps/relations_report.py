@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from lgdnet.apps.ablation import losses_per_epoch
 from lgdnet.apps.relations import NETWORK_NAMES, RelationSettings, arm_label, parse_arm
 
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -118,11 +119,7 @@ def plot_losses(results: list[dict[str, Any]], settings: RelationSettings, path:
             runs = [r for r in results if (r["kind"], r["task"], r["network"], r["arm"])
                     == ("stage1", task, network, arm)]
             for key, style in (("local_loss", "-"), ("global_loss", "--")):
-                per_epoch: dict[int, list[float]] = {}
-                for run in runs:
-                    for record in run["history"]:
-                        if record.get(key) is not None:
-                            per_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
+                per_epoch = losses_per_epoch(runs, key)
                 if per_epoch:
                     xs = sorted(per_epoch)
                     ax.plot(xs, [statistics.fmean(per_epoch[x]) for x in xs], style, color=colour,
