@@ -152,3 +152,33 @@ def test_quick_grid_runs_reports_and_resumes(tmp_path):
     again = run_relations(tmp_path, mode="quick", progress=False, echo=lines.append)
     assert again["cells"].keys() == cells.keys()
     assert any("done before" in line for line in lines)
+
+
+def test_init_comparison_pairs_each_authors_arm_with_the_paper_arm_of_its_seed():
+    from lgdnet.apps.relations_report import compare_inits
+
+    def run(arm, seed, top1, losses, diverged=False):
+        history = [{"epoch": e + 1, "local_loss": loss / 2, "global_loss": loss / 2}
+                   for e, loss in enumerate(losses)]
+        result = {"kind": "stage1", "task": "far", "network": "3d", "arm": arm, "seed": seed,
+                  "metrics": {"top1": top1}, "history": history}
+        return {**result, "diverged": "nan"} if diverged else result
+
+    settings = RelationSettings(tasks=("far",), networks=("3d",),
+                                arms=("lgd:paper:paper", "lgd:authors:paper", "lgd:authors:authors"))
+    results = [run("lgd:paper:paper", 0, 0.90, [1.0, 0.5]), run("lgd:paper:paper", 1, 0.80, [1.2, 0.6]),
+               run("lgd:authors:paper", 0, 0.95, [0.8, 0.4]), run("lgd:authors:paper", 1, 0.90, [1.0, 0.4]),
+               run("lgd:authors:authors", 0, 0.5, [], diverged=True)]  # seed 1 missing: not paired
+    comparison = compare_inits(results, settings)
+    same_order = comparison["pairs"]["far/3d/lgd:authors:paper"]
+    assert same_order["reference"] == "lgd:paper:paper"
+    assert same_order["top1"]["values"] == pytest.approx([5.0, 10.0])
+    assert same_order["final_loss"]["values"] == pytest.approx([-0.1, -0.2])
+    assert same_order["mean_loss"]["values"] == pytest.approx([-0.15, -0.2])
+    assert same_order["diverged"] == [0, 0]
+    whole_code = comparison["pairs"]["far/3d/lgd:authors:authors"]
+    assert whole_code["top1"]["n"] == 1 and whole_code["diverged"] == [1, 0]
+    assert len(comparison["markdown"]) == 4 + 2
+    # no paper-initialised reference arm: nothing to compare
+    alone = RelationSettings(tasks=("far",), networks=("3d",), arms=("lgd:authors:paper",))
+    assert compare_inits(results, alone) == {"pairs": {}, "markdown": []}

@@ -108,11 +108,13 @@ def arm_label(arm: str) -> str:
 
 RELATION_MODES: dict[str, RelationSettings] = {
     "full": RelationSettings(),
-    # the far task with the authors' code's initialisation: the baseline and the LGD block,
-    # 5 seeds (about 15 minutes on 2 cores; the near control, v1, v2 and the authors' block
-    # order are in "full")
+    # the two initialisations side by side on the far task, paired by seed: the baseline and
+    # the LGD block with each, and the authors' code as a whole (their initialisation and
+    # their block order); about 25 minutes on 2 cores
     "authors-init": RelationSettings(tasks=("far",), stage2_epochs=0,
-                                     arms=("none:authors:paper", "lgd:authors:paper")),
+                                     arms=("none:paper:paper", "lgd:paper:paper",
+                                           "none:authors:paper", "lgd:authors:paper",
+                                           "lgd:authors:authors")),
     # about 6 minutes on one core: 2 seeds, 3D, far task, both initialisations
     "preliminary": RelationSettings(tasks=("far",), networks=("3d",), seeds=2,
                                     clips_per_class=200, val_fraction=0.4,
