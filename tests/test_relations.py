@@ -178,6 +178,7 @@ def test_init_comparison_pairs_each_authors_arm_with_the_paper_arm_of_its_seed()
     assert same_order["diverged"] == [0, 0]
     whole_code = comparison["pairs"]["far/3d/lgd:authors:authors"]
     assert whole_code["top1"]["n"] == 1 and whole_code["diverged"] == [1, 0]
+    assert whole_code["final_loss"]["n"] == 0  # the diverged pair has no loss to compare
     assert len(comparison["markdown"]) == 4 + 2
     # no paper-initialised reference arm: nothing to compare
     alone = RelationSettings(tasks=("far",), networks=("3d",), arms=("lgd:authors:paper",))

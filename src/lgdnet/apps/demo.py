@@ -65,7 +65,10 @@ class DemoSettings:
     batch_size: int = 8
     sketch_dim: int = 512
     base_width: int = 8
-    init_scheme: str = "paper"  # create_model's; "authors": the authors' code's
+    # the authors' code's initialisation (Kaiming convolutions, projection biases, W1 of
+    # W^{x,g} zero): on the far task it trained every LGD-3D seed, Xavier (Sec. 5.2) 7 of 10
+    # (docs/ablations.md); "paper" for the paper's
+    init_scheme: str = "authors"
     grad_clip: float = 0.0
     plain: bool = True  # also train the plain P3D network, for comparison
 

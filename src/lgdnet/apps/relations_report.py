@@ -142,8 +142,11 @@ def compare_inits(results: list[dict[str, Any]], settings: RelationSettings) -> 
                 theirs = [by_key[(task, network, reference, s)] for s in seeds]
                 top1 = paired([100 * (a["metrics"]["top1"] - b["metrics"]["top1"])
                                for a, b in zip(ours, theirs)])
-                final = paired([_training_loss(a)[0] - _training_loss(b)[0] for a, b in zip(ours, theirs)])
-                area = paired([_training_loss(a)[1] - _training_loss(b)[1] for a, b in zip(ours, theirs)])
+                # the losses of the pairs in which neither run diverged (a NaN has no loss curve)
+                losses = [(_training_loss(a), _training_loss(b)) for a, b in zip(ours, theirs)
+                          if not a.get("diverged") and not b.get("diverged")]
+                final = paired([a[0] - b[0] for a, b in losses if math.isfinite(a[0] - b[0])])
+                area = paired([a[1] - b[1] for a, b in losses if math.isfinite(a[1] - b[1])])
                 diverged = (sum(bool(r.get("diverged")) for r in ours),
                             sum(bool(r.get("diverged")) for r in theirs))
                 pairs[f"{task}/{network}/{arm}"] = {"reference": reference, "top1": top1,
@@ -157,14 +160,16 @@ def compare_inits(results: list[dict[str, Any]], settings: RelationSettings) -> 
     header = ["The authors' code's initialisation against the paper's (Xavier), paired by seed: "
               "authors - paper, mean and 95% CI, of held-out top-1 (points), of the final "
               "training loss (local + global, Eq. 6) and of its mean over the epochs (how fast "
-              "it fell); each row against the same variant with the paper's initialisation "
-              "and order.", "",
+              "it fell; pairs in which a run diverged left out); each row against the same "
+              "variant with the paper's initialisation and order.", "",
               "| arm | task | top-1 | final loss | mean loss | diverged (authors / paper) | seeds |",
               "|---|---|---|---|---|---|---|"]
     return {"pairs": pairs, "markdown": header + rows}
 
 
 def _ci(stat: dict[str, Any], spec: str) -> str:
+    if stat["n"] == 0:
+        return "-"
     if stat["n"] < 2:
         return format(stat["mean"], "+" + spec)
     return (f"{format(stat['mean'], '+' + spec)} [{format(stat['low'], '+' + spec)}, "

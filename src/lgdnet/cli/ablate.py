@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="embedded (default): the embedded action dataset; relations: the "
                              "far and near relation tasks (lgdnet.apps.relations, "
                              "docs/ablations.md), Xavier initialisation (Sec. 5.2); "
-                             "relations-authors-init: the same with the authors' code's; "
+                             "relations-authors-init: the far task with both initialisations paired "
+                             "by seed, and the authors' block order; "
                              "relations-preliminary: a few minutes, 3D, far task, 2 seeds")
     parser.set_defaults(func=run)
 
