@@ -57,11 +57,11 @@ class DemoSettings:
     clip_frames: int = 4
     frame_stride: int = 2
     test_views: int = 1  # one clip covers the whole video
-    stage1_epochs: int = 12
+    stage1_epochs: int = 10
     stage2_epochs: int = 0  # the combination classifier (Eq. 7) after stage 1; 0: none
     lr: float = 0.02  # 0.05 made LGD runs on this task diverge
     stage2_lr: float = 0.01
-    lr_step: int = 9  # one division by 10, after 3/4 of stage 1
+    lr_step: int = 8  # one division by 10, for the last fifth of stage 1
     batch_size: int = 8
     sketch_dim: int = 512
     base_width: int = 8
