@@ -97,9 +97,11 @@ def test_channels_last_forward_and_gradients_match(name, diffusion, stage):
     stage_loss(expected, labels).backward()
     stage_loss(got, labels).backward()
     twins = dict(twin.named_parameters())
-    # relative to each gradient's largest entry; stage 2's Tensor Sketch (a product of two
-    # FFT projections) amplifies the convolutions' different rounding to ~1e-3
-    tolerance = 1e-4 if stage == 1 else 3e-3
+    # relative to each gradient's largest entry: the layouts sum in other orders (the
+    # reductions of block_v2's gate reach 1.0e-4 on some CPUs), and stage 2's Tensor Sketch
+    # (a product of two FFT projections) amplifies the convolutions' rounding to ~1e-3; a
+    # layout mistake (a wrong permutation) is off by O(1)
+    tolerance = 5e-4 if stage == 1 else 3e-3
     for param_name, param in model.named_parameters():
         other = twins[param_name].grad
         assert other is not None, param_name
