@@ -74,10 +74,10 @@ class DemoSettings:
 
 
 DEMO_MODES: dict[str, DemoSettings] = {
-    # about 2.5 minutes on 2 CPU cores: the LGD network and the plain one
+    # about 3 minutes on 2 CPU cores: the LGD network and the plain one
     "full": DemoSettings(),
     # `lgdnet demo --quick`: under a minute, the LGD network only
-    "quick": DemoSettings(clips_per_class=150, stage1_epochs=10, lr_step=8, plain=False),
+    "quick": DemoSettings(clips_per_class=100, stage1_epochs=8, lr_step=6, plain=False),
     # for the test suite: proves the pipeline runs, not that it learns
     "tiny": DemoSettings(clips_per_class=4, stage1_epochs=1, stage2_epochs=1, lr_step=1,
                          batch_size=4, sketch_dim=64, plain=False),
@@ -182,7 +182,7 @@ def run_demo(
 
     Args:
         out_dir: the demo folder (created); ``data/``, ``run/``, ``run/eval/``, ``plain/``.
-        mode: ``"full"`` (about 2.5 minutes on 2 CPU cores), ``"quick"`` (under a minute)
+        mode: ``"full"`` (about 3 minutes on 2 CPU cores), ``"quick"`` (under a minute)
             or ``"tiny"`` (seconds; for tests).
         seed: seeds the dataset and the training.
         progress: show progress bars.
