@@ -72,6 +72,7 @@ def _epoch(model: torch.nn.Module, loader: Any, optimizer: Any, device: torch.de
 def pipeline(opts: BenchOptions) -> dict[str, Any]:
     from lgdnet.data import VideoDataset
     from lgdnet.engine.config import DataConfig
+    from lgdnet.engine.optimizer import make_sgd
     from lgdnet.engine.stage_loader import StageLoader
     from lgdnet.engine.training import collate_train
 
@@ -83,7 +84,8 @@ def pipeline(opts: BenchOptions) -> dict[str, Any]:
     model = build_model(Workload(model=name, batch=BATCH), device)
     dataset = VideoDataset(real_records(steps * BATCH), sampling_spec(model.default_input_size),
                            mode="train")
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    optimizer = make_sgd([{"params": list(model.parameters())}], lr=1e-4, momentum=0.9,
+                         weight_decay=1e-4)
 
     preloaded = list(torch.utils.data.DataLoader(dataset, batch_size=BATCH,
                                                  collate_fn=collate_train))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import lgdnet
+from lgdnet.engine.optimizer import make_sgd
 from lgdnet.models.heads import stage_loss
 
 # The paper's ResNet-50 configurations and their small counterparts. The 3D models take
@@ -110,10 +111,12 @@ def train_step_fn(
     model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, work: Workload,
     device: torch.device,
 ) -> Callable[[], object]:
-    """One training iteration: forward, ``stage_loss``, backward, SGD step."""
+    """One training iteration: forward, ``stage_loss``, backward, SGD step (the SGD that
+    ``lgdnet train`` builds: ``lgdnet.engine.optimizer.make_sgd``, its default kernel)."""
     model.train()
     # A small learning rate keeps repeated steps on random data finite (no NaN slow paths).
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    optimizer = make_sgd([{"params": list(model.parameters())}], lr=1e-4, momentum=0.9,
+                         weight_decay=1e-4)
 
     def run() -> object:
         optimizer.zero_grad(set_to_none=True)
@@ -178,7 +181,7 @@ def head_step_fn(
     labels = torch.randint(0, work.num_classes, (work.batch,), generator=generator).to(device)
     head.train()
     params = list(head.parameters())
-    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    optimizer = make_sgd([{"params": params}], lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
     def run() -> object:
         optimizer.zero_grad(set_to_none=True)

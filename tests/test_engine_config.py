@@ -132,6 +132,7 @@ def test_overrides_parse_by_field_type():
     ("optim.freeze_bn=some", "optim.freeze_bn"),
     ("optim.backbone_lr_mult=-1", "optim.backbone_lr_mult"),
     ("optim.freeze_backbone_epochs=-1", "optim.freeze_backbone_epochs"),
+    ("optim.sgd_kernel=fast", "optim.sgd_kernel"),
     ("model.stage2_temporal_pool=0", "model.stage2_temporal_pool"),
     ("data.stage2_num_frames=0", "data.stage2_num_frames"),
     ("optim.stage2_epochs=0", "optim.stage2_epochs"),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from lgdnet.engine.compilation import COMPILE_MODES
+from lgdnet.engine.optimizer import SGD_KERNELS
 from lgdnet.errors import ConfigError
 from lgdnet.models.layout import MEMORY_FORMATS
 
@@ -137,6 +138,9 @@ class OptimConfig:
     backbone_lr_mult: float = 1.0  # lr of the backbone / lr of the classifier
     freeze_bn: str = "none"  # "none", "partial" (all but the first BatchNorm) or "all"
     freeze_backbone_epochs: int = 0  # first N epochs of a stage train the classifier only
+    # the kernel of the SGD update (lgdnet.engine.optimizer): "auto" (fused on CPU and CUDA),
+    # "fused", "foreach" or "for-loop"; they differ in rounding only
+    sgd_kernel: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -450,6 +454,7 @@ def validate_config(config: Config) -> None:
          "optim.backbone_lr_mult", "a finite number >= 0 (0: a fixed backbone)"),
         (optim.freeze_bn in FREEZE_BN, "optim.freeze_bn", f"one of {FREEZE_BN}"),
         (optim.freeze_backbone_epochs >= 0, "optim.freeze_backbone_epochs", ">= 0"),
+        (optim.sgd_kernel in SGD_KERNELS, "optim.sgd_kernel", f"one of {SGD_KERNELS}"),
         (positive(model.stage2_temporal_pool), "model.stage2_temporal_pool",
          "> 0 (or null: as in stage 1)"),
         (positive(data.stage2_num_frames), "data.stage2_num_frames", "> 0 (or null)"),

@@ -29,6 +29,7 @@ from lgdnet.engine.loop import (
     train_one_epoch,
     validate_one_view,
 )
+from lgdnet.engine.optimizer import load_sgd_state, make_sgd
 from lgdnet.engine.stage_loader import StageLoader
 from lgdnet.models.layout import resolve_memory_format, to_memory_format
 
@@ -128,8 +129,9 @@ def setup_stage(model: torch.nn.Module, stage: int, ctx: StageContext) -> StageR
     parts = TrainParts(model, frozen_norms(model, optim.freeze_bn))
     apply_compile(parts, config.run.compile, device)
     net = _wrap(parts, dist)
-    optimizer = torch.optim.SGD(param_groups(model, lr, optim.backbone_lr_mult), lr=lr,
-                                momentum=optim.momentum, weight_decay=optim.weight_decay)
+    optimizer = make_sgd(param_groups(model, lr, optim.backbone_lr_mult), lr=lr,
+                         momentum=optim.momentum, weight_decay=optim.weight_decay,
+                         kernel=optim.sgd_kernel)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=optim.lr_gamma)
     scaler = torch.amp.GradScaler(device.type) if optim.precision == "fp16" else None
     # the order of the clips depends on (seed, stage, epoch) only, so a resumed run sees
@@ -225,7 +227,7 @@ def resume_stage(run: StageRun, resume: dict[str, Any]) -> None:
     from lgdnet.errors import CheckpointError
 
     try:
-        run.optimizer.load_state_dict(resume["optimizer"])
+        load_sgd_state(run.optimizer, resume["optimizer"])
         run.scheduler.load_state_dict(resume["scheduler"])
         if run.scaler is not None and resume.get("scaler"):
             run.scaler.load_state_dict(resume["scaler"])
