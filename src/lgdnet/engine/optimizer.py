@@ -3,12 +3,13 @@
 PyTorch's SGD has three implementations of the same update: a Python loop over the
 parameters (``"for-loop"``, its default on the CPU), multi-tensor ops (``"foreach"``, its
 default on CUDA) and one fused kernel per device (``"fused"``). They differ in rounding only.
-The LGD networks carry about 45% more parameter tensors than their baselines (the reduce and
-expand matrices of the three low-rank projections in every block, Eq. 2-5), so a per-tensor
-update costs them more: on the CPU the for-loop step of ``lgd3d_r50`` takes 78 ms against
-46 ms for ``p3d_r50``, the fused one 48 ms against 41 ms. ``"auto"`` (the default) picks the
-fused kernel wherever every parameter lies on a device that PyTorch has it for (CPU, CUDA)
-and PyTorch's own default elsewhere.
+The fused kernel is the fastest on the CPU (``benchmarks/sgd_results.md``: an update of
+``lgd3d_r50`` 50 ms against 63 ms looping, ``p3d_r50`` 41 against 53 ms). The LGD networks
+carry 45-60% more parameter tensors than their baselines (the reduce and expand matrices of
+the low-rank projections in every block, Eq. 2-5), and their update costs 8-10 ms more than
+the baselines' in every kernel. ``"auto"`` (the default) picks the fused kernel wherever
+every parameter lies on a device that PyTorch has it for (CPU, CUDA) and PyTorch's own
+default elsewhere.
 
 A checkpoint stores the implementation in its parameter groups; :func:`load_sgd_state`
 keeps the one this run chose, so a run resumed from a checkpoint written by another
