@@ -57,3 +57,36 @@ def test_a_loaded_state_keeps_the_configured_kernel_and_the_momentum():
     for p, q in zip(fused.param_groups[0]["params"], saved.param_groups[0]["params"]):
         torch.testing.assert_close(fused.state[p]["momentum_buffer"],
                                    saved.state[q]["momentum_buffer"])
+
+
+
+def _stage(tmp_path, kernel):
+    """Stage 1 of ``lgdnet train`` set up for a tiny LGD-3D with ``optim.sgd_kernel=kernel``."""
+    from lgdnet import create_model
+    from lgdnet.engine import distributed
+    from lgdnet.engine.config import Config, apply_overrides
+    from lgdnet.engine.stage import StageContext, setup_stage
+
+    config = apply_overrides(Config(), ["model.name=lgd3d_tiny", "data.num_workers=0",
+                                        f"optim.sgd_kernel={kernel}", "run.device=cpu"])
+    ctx = StageContext(config=config, dist=distributed.init_distributed("cpu"),
+                       train_set=torch.utils.data.TensorDataset(torch.zeros(4)), val_set=None,
+                       classes=["a", "b"], run_dir=tmp_path, batch_size=2)
+    return setup_stage(create_model("lgd3d_tiny", 2, base_width=4), 1, ctx)
+
+
+@pytest.mark.parametrize("kernel, other, flags", [("auto", "for-loop", (True, None)),
+                                                  ("for-loop", "fused", (None, False))])
+def test_a_training_stage_builds_and_resumes_with_the_configured_kernel(tmp_path, kernel, other,
+                                                                        flags):
+    from lgdnet.engine.checkpoint import rng_state
+    from lgdnet.engine.stage import resume_stage
+
+    run = _stage(tmp_path, kernel)
+    assert [(g["fused"], g["foreach"]) for g in run.optimizer.param_groups] == [flags]
+    # a training state written by another kernel resumes with this run's
+    written = _stage(tmp_path, other)
+    resume_stage(run, {"optimizer": written.optimizer.state_dict(),
+                       "scheduler": written.scheduler.state_dict(), "scaler": {},
+                       "progress": run.state.to_dict(), "rng": rng_state()})
+    assert [(g["fused"], g["foreach"]) for g in run.optimizer.param_groups] == [flags]
