@@ -28,6 +28,8 @@ CASES = {
     "frames": ((6, 8, 7, 9), torch.contiguous_format, 2),
     "frames_cl": ((6, 8, 11, 13), torch.channels_last, 2),
     "long_rows_cl": ((2, 16, 4, 10, 10), torch.channels_last_3d, 2),
+    # 8 planes of 1600 per (n, c): the float lanes fold into double once midway
+    "long_frames": ((16, 3, 40, 40), torch.contiguous_format, 2),
 }
 
 

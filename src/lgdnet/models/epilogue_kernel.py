@@ -1,4 +1,4 @@
-"""The LGD epilogue as a CPU kernel: one pass over the map forward, one backward.
+"""The LGD block's CPU kernels; first the epilogue: one pass over the map forward, one backward.
 
 Eq. (2)'s broadcast add and ReLU with Eq. (3)'s pooling, ``x <- ReLU(x + US(r))`` and
 ``P(x)``, read and write the map once; the backward forms ``(dL/dx + US(dL/dP)/M) * [x > 0]``
@@ -7,7 +7,8 @@ passes forward and four backward for the same (``benchmarks/RESULTS.md``, Sec. 2
 ``torch.compile``'s CPU code for the formula was slower than eager there. The kernel
 (``csrc/lgd_epilogue.cpp``) is registered with ``torch.library`` as ``lgdnet::add_relu_pool_``
 and ``lgdnet::add_relu_pool_backward``, for float32 and float64 CPU maps, contiguous or
-channels-last.
+channels-last. The same extension holds the low-rank projections' products
+(``csrc/thin_linear.cpp``, used by :mod:`lgdnet.models.low_rank_kernel`).
 
 It is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``;
 about a minute once, then loaded from PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``).
@@ -32,6 +33,8 @@ import torch
 logger = logging.getLogger("lgdnet.models")
 
 SOURCE = Path(__file__).with_name("csrc") / "lgd_epilogue.cpp"
+# built into the same extension: the low-rank projections' thin products (low_rank_kernel)
+SOURCES = (SOURCE, SOURCE.with_name("thin_linear.cpp"))
 ENV = "LGDNET_EPILOGUE_KERNEL"
 DTYPES = (torch.float32, torch.float64)
 
@@ -62,7 +65,8 @@ def _flags() -> tuple[str, list[str]]:
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     version = re.sub(r"\W", "_", torch.__version__)
-    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
+    sources = b"".join(path.read_bytes() for path in SOURCES)
+    digest = hashlib.sha1(sources + " ".join(flags).encode()).hexdigest()[:10]
     return f"lgdnet_epilogue_{version}_{capability.lower()}_{digest}", flags
 
 
@@ -71,7 +75,7 @@ def _load() -> None:
 
     name, flags = _flags()
     start = time.perf_counter()
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+    cpp_extension.load(name=name, sources=[str(path) for path in SOURCES], extra_cflags=flags,
                        extra_ldflags=[f for f in flags if f == "-fopenmp"],
                        is_python_module=False, verbose=False)
     logger.debug("LGD epilogue kernel ready (%s, %.1f s)", name, time.perf_counter() - start)

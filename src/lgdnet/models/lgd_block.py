@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from lgdnet.models import epilogue_kernel
+from lgdnet.models import epilogue_kernel, low_rank_kernel
 
 Diffusion = Literal["lgd", "v1", "v2", "none"]
 DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
@@ -57,7 +57,9 @@ class LowRankLinear(nn.Module):
     """A projection W = W1 W2 of rank r (Sec. 3.1): ``reduce`` is W2, ``expand`` W1.
 
     The paper's projections have no bias; the authors' public code gives both factors one
-    (``bias=True``, used by ``create_model(init_scheme="authors")``).
+    (``bias=True``, used by ``create_model(init_scheme="authors")``). Without bias, CPU
+    vectors of a few rows go through :mod:`lgdnet.models.low_rank_kernel` (the same
+    products, faster than BLAS at that size); anything else through the two ``nn.Linear``.
 
     Args:
         in_features: C_a, the size of the input vector.
@@ -75,6 +77,8 @@ class LowRankLinear(nn.Module):
         self.expand = nn.Linear(rank, out_features, bias=bias)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if self.reduce.bias is None and low_rank_kernel.applies(v, self.reduce.weight):
+            return low_rank_kernel.project(v, self.reduce.weight, self.expand.weight)
         return self.expand(self.reduce(v))
 
 

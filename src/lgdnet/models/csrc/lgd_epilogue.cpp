@@ -6,7 +6,7 @@
 // The map is read as (N, A, C, B), row-major: contiguous clips (N, C, T, H, W) are A = 1,
 // B = T*H*W; contiguous frames (N*T, C, H, W) are A = T, B = H*W; any channels-last map is
 // A = positions, B = 1. r and s are (N, C), contiguous. Sums run in float over short runs
-// (32 lanes of a plane, or 256 rows) and are added up in double.
+// (32 lanes over up to 8192 values, or 256 rows) and are added up in double.
 // Registered with torch.library as lgdnet::add_relu_pool_ and lgdnet::add_relu_pool_backward.
 
 #include <ATen/ATen.h>
@@ -46,17 +46,20 @@ Shape shape_of(const at::Tensor& x, const at::Tensor& r) {
   return {n, x.size(0) / n, c, x.numel() / (x.size(0) * c)};
 }
 
-constexpr int64_t kLanes = 32;     // independent partial sums per plane (vector registers)
-constexpr int64_t kFoldRows = 256;  // rows summed in float before they are added in double
+constexpr int64_t kLanes = 32;     // independent partial sums (vector registers)
+constexpr int64_t kFoldRows = 256;  // channels-last rows summed in float before double
+constexpr int64_t kFoldValues = 8192;  // contiguous values per (n, c) summed in float
 
 // Channels-last: each (n, a) row holds C values. A thread takes a run of rows, sums each
-// channel in float over up to kFoldRows rows, folds into double, and adds its per-sample sums
-// into the result under a lock (one flush per sample per thread).
-// op(n, offset, acc) handles the row at ``offset`` and adds it into acc[0..C).
+// channel in float over up to kFoldRows rows (fewer for wide rows, so that a run stays in
+// cache), folds into double, and adds its per-sample sums into the result under a lock (one
+// flush per sample per thread).
+// op(n, first, last, acc) handles rows [first, last) of sample n, adding them into acc[0..C).
 template <typename T, typename Op>
 void rows(const Shape& s, double* total, Op op) {
   std::mutex lock;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.c));
+  const int64_t run = std::max<int64_t>(8, std::min<int64_t>(kFoldRows, 65536 / std::max<int64_t>(1, s.c)));
   at::parallel_for(0, s.n * s.a, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> partial(s.c);
     std::vector<double> acc(s.c);
@@ -65,9 +68,10 @@ void rows(const Shape& s, double* total, Op op) {
       const int64_t n = row / s.a, stop = std::min(end, (n + 1) * s.a);
       std::fill(acc.begin(), acc.end(), 0.0);
       while (row < stop) {
-        const int64_t fold = std::min(stop, row + kFoldRows);
+        const int64_t fold = std::min(stop, row + run);
         std::fill(partial.begin(), partial.end(), T(0));
-        for (; row < fold; ++row) op(n, row * s.c, partial.data());
+        op(n, row, fold, partial.data());
+        row = fold;
         for (int64_t c = 0; c < s.c; ++c) acc[c] += partial[c];
       }
       std::lock_guard<std::mutex> guard(lock);
@@ -78,7 +82,8 @@ void rows(const Shape& s, double* total, Op op) {
 
 // Contiguous: each (n, c) owns A planes of B values; threads take (n, c) pairs.
 // op(n, c, offset, lanes) handles the B values at ``offset``, adding value b into
-// lanes[b % kLanes] for the first B - B % kLanes and returning the sum of the rest.
+// lanes[b % kLanes]. The lanes run on over the A planes and are folded into double every
+// kFoldValues values, so short planes (7x7 maps) pay for one fold per (n, c), not per plane.
 template <typename T, typename Op>
 void planes(const Shape& s, double* total, Op op) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, s.a * s.b));
@@ -86,14 +91,33 @@ void planes(const Shape& s, double* total, Op op) {
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / s.c, c = nc % s.c;
       double acc = 0.0;
+      T lanes[kLanes] = {};
+      int64_t pending = 0;
       for (int64_t a = 0; a < s.a; ++a) {
-        T lanes[kLanes] = {};
-        acc += op(n, c, ((n * s.a + a) * s.c + c) * s.b, lanes);
-        for (int64_t j = 0; j < kLanes; ++j) acc += lanes[j];
+        op(n, c, ((n * s.a + a) * s.c + c) * s.b, lanes);
+        pending += s.b;
+        if (pending >= kFoldValues || a + 1 == s.a) {
+          for (int64_t j = 0; j < kLanes; ++j) {
+            acc += lanes[j];
+            lanes[j] = T(0);
+          }
+          pending = 0;
+        }
       }
       total[nc] = acc;
     }
   });
+}
+
+// Rows [first, last) of C values each, row i at i * C: f(index, v[c]) makes the element's new
+// value (and stores what it must), which is added into acc[c].
+template <typename T, typename F>
+inline void row_run(int64_t c_total, int64_t first, int64_t last, const T* __restrict v,
+                    T* __restrict acc, F f) {
+  for (int64_t row = first; row < last; ++row) {
+    const int64_t base = row * c_total;
+    for (int64_t c = 0; c < c_total; ++c) acc[c] += f(base + c, v[c]);
+  }
 }
 
 template <typename T>
@@ -104,14 +128,12 @@ inline T relu(T v) {
 template <typename T>
 void forward_kernel(const Shape& s, T* __restrict data, const T* __restrict vec, double* sum) {
   if (s.b == 1) {
-    rows<T>(s, sum, [&](int64_t n, int64_t offset, T* __restrict acc) {
-      T* __restrict p = data + offset;
-      const T* __restrict v = vec + n * s.c;
-      for (int64_t c = 0; c < s.c; ++c) {
-        const T y = relu(p[c] + v[c]);
-        p[c] = y;
-        acc[c] += y;
-      }
+    rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
+      row_run<T>(s.c, first, last, vec + n * s.c, acc, [data](int64_t i, T v) {
+        const T y = relu(data[i] + v);
+        data[i] = y;
+        return y;
+      });
     });
     return;
   }
@@ -126,13 +148,11 @@ void forward_kernel(const Shape& s, T* __restrict data, const T* __restrict vec,
         lanes[j] += y;
       }
     }
-    double rest = 0.0;
-    for (; b < s.b; ++b) {
+    for (int64_t j = 0; b < s.b; ++b, ++j) {
       const T y = relu(p[b] + v);
       p[b] = y;
-      rest += y;
+      lanes[j] += y;
     }
-    return rest;
   });
 }
 
@@ -145,16 +165,12 @@ template <typename T>
 void backward_kernel(const Shape& s, const T* __restrict gy, const T* __restrict out,
                      const T* __restrict vec, T* __restrict g, double* sum) {
   if (s.b == 1) {
-    rows<T>(s, sum, [&](int64_t n, int64_t offset, T* __restrict acc) {
-      const T* __restrict v = vec + n * s.c;
-      const T* __restrict o = out + offset;
-      const T* __restrict d = gy + offset;
-      T* __restrict r = g + offset;
-      for (int64_t c = 0; c < s.c; ++c) {
-        const T value = masked(o[c], d[c] + v[c]);
-        r[c] = value;
-        acc[c] += value;
-      }
+    rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
+      row_run<T>(s.c, first, last, vec + n * s.c, acc, [out, gy, g](int64_t i, T v) {
+        const T value = masked(out[i], gy[i] + v);
+        g[i] = value;
+        return value;
+      });
     });
     return;
   }
@@ -171,26 +187,30 @@ void backward_kernel(const Shape& s, const T* __restrict gy, const T* __restrict
         lanes[j] += value;
       }
     }
-    double rest = 0.0;
-    for (; b < s.b; ++b) {
+    for (int64_t j = 0; b < s.b; ++b, ++j) {
       const T value = masked(o[b], d[b] + v);
       r[b] = value;
-      rest += value;
+      lanes[j] += value;
     }
-    return rest;
   });
+}
+
+// The (N, C) sums, scaled, in the dtype of ``like``.
+template <typename T>
+void write_sums(const std::vector<double>& total, double scale, T* out) {
+  for (size_t i = 0; i < total.size(); ++i) out[i] = static_cast<T>(total[i] * scale);
 }
 
 at::Tensor add_relu_pool_(at::Tensor x, const at::Tensor& r, double scale) {
   const Shape s = shape_of(x, r);
-  at::Tensor total = at::zeros({s.n, s.c}, r.options().dtype(at::kDouble));
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lgdnet_add_relu_pool_", [&] {
-      forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                               total.data_ptr<double>());
-    });
-  }
-  return total.mul_(scale).to(r.scalar_type());
+  std::vector<double> total(s.n * s.c, 0.0);
+  at::Tensor pooled = at::empty({s.n, s.c}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lgdnet_add_relu_pool_", [&] {
+    if (x.numel() > 0)
+      forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), total.data());
+    write_sums(total, scale, pooled.data_ptr<scalar_t>());
+  });
+  return pooled;
 }
 
 std::tuple<at::Tensor, at::Tensor> add_relu_pool_backward(const at::Tensor& grad_y, const at::Tensor& y,
@@ -200,15 +220,16 @@ std::tuple<at::Tensor, at::Tensor> add_relu_pool_backward(const at::Tensor& grad
                   grad_y.scalar_type() == y.scalar_type(),
               "lgdnet epilogue: the gradient must have the map's shape, layout and dtype");
   at::Tensor grad = at::empty_like(y);
-  at::Tensor total = at::zeros({s.n, s.c}, y.options().dtype(at::kDouble));
-  if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "lgdnet_add_relu_pool_backward", [&] {
+  std::vector<double> total(s.n * s.c, 0.0);
+  at::Tensor grad_residual = at::empty({s.n, s.c}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "lgdnet_add_relu_pool_backward", [&] {
+    if (y.numel() > 0)
       backward_kernel<scalar_t>(s, grad_y.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                 grad_pooled.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-                                total.data_ptr<double>());
-    });
-  }
-  return {grad, total.to(y.scalar_type())};
+                                total.data());
+    write_sums(total, 1.0, grad_residual.data_ptr<scalar_t>());
+  });
+  return {grad, grad_residual};
 }
 
 }  // namespace

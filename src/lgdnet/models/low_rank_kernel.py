@@ -1,0 +1,97 @@
+"""The low-rank projections W = W1 W2 of the LGD block (Sec. 3.1) as CPU kernels.
+
+Each projection maps the global vectors g, ``(N, C)`` with N the clips of a batch, through
+two weight matrices of ``C * C/16`` values. For N of a few rows a BLAS matrix product spends
+most of its time packing the weight, not multiplying: ``csrc/thin_linear.cpp`` reads each
+weight once, row by row, and is 1.5-3x faster there (``benchmarks/bench_lgd_block.py``).
+Forward is two ``lgdnet::thin_linear`` calls; backward two input- and two weight-gradient
+products, one autograd node per projection.
+
+The kernels take float32/float64 CPU vectors of at most :data:`MAX_ROWS` rows, projections
+without bias, outside CPU autocast and outside any compiler, tracer or dispatch mode
+(``torch.compile``, ``torch.export``, ``torch.jit``, ``FlopCounterMode``), which see the
+plain ``nn.Linear`` pair instead. They are built with, and switched off with, the epilogue
+kernel (:mod:`lgdnet.models.epilogue_kernel`: ``LGDNET_EPILOGUE_KERNEL=0``, ``disabled()``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.utils import _python_dispatch
+
+from lgdnet.models import epilogue_kernel
+
+# Above a few rows BLAS catches up: at N = 8 it is faster for the expanding factor
+# (``benchmarks/bench_lgd_block.py``, "thin products")
+MAX_ROWS = 4
+
+
+def _dispatch_mode_active() -> bool:
+    check = getattr(_python_dispatch, "is_in_torch_dispatch_mode", None)
+    if check is not None:
+        return bool(check())
+    return bool(_python_dispatch._get_current_dispatch_mode_stack())
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def applies(v: object, weight: torch.Tensor) -> bool:
+    """Whether :func:`project` runs the kernels for the vectors ``v`` and a factor ``weight``."""
+    if not epilogue_kernel._enabled[0] or not isinstance(v, torch.Tensor):
+        return False
+    if v.device.type != "cpu" or v.dim() != 2 or not 0 < v.shape[0] <= MAX_ROWS:
+        return False
+    if v.dtype not in epilogue_kernel.DTYPES or weight.dtype != v.dtype:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if _dispatch_mode_active() or _autocast_on():
+        return False
+    return epilogue_kernel.available()
+
+
+class _LowRankProduct(torch.autograd.Function):
+    """``v W2^T W1^T`` (an ``nn.Linear`` pair without bias) as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, reduce: torch.Tensor, expand: torch.Tensor):  # type: ignore[override]
+        hidden = torch.ops.lgdnet.thin_linear(v, reduce)
+        ctx.save_for_backward(v, hidden, reduce, expand)
+        return torch.ops.lgdnet.thin_linear(hidden, expand)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        v, hidden, reduce, expand = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_v, need_reduce, need_expand = ctx.needs_input_grad
+        grad_expand = (torch.ops.lgdnet.thin_linear_weight_grad(grad, hidden)
+                       if need_expand else None)
+        grad_v = grad_reduce = None
+        if need_v or need_reduce:
+            grad_hidden = torch.ops.lgdnet.thin_linear_input_grad(grad, expand)
+            if need_v:
+                grad_v = torch.ops.lgdnet.thin_linear_input_grad(grad_hidden, reduce)
+            if need_reduce:
+                grad_reduce = torch.ops.lgdnet.thin_linear_weight_grad(grad_hidden, v)
+        return grad_v, grad_reduce, grad_expand
+
+
+def project(v: torch.Tensor, reduce: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+    """``W1 W2 v`` for each row of ``v``: ``reduce`` is W2 ``(r, C_a)``, ``expand`` W1
+    ``(C_b, r)``; the kernels' version of ``F.linear(F.linear(v, reduce), expand)``.
+
+    Shape:
+        ``(N, C_a) -> (N, C_b)``, N at most :data:`MAX_ROWS` (see :func:`applies`).
+    """
+    v, reduce, expand = v.contiguous(), reduce.contiguous(), expand.contiguous()
+    if torch.is_grad_enabled() and (v.requires_grad or reduce.requires_grad
+                                    or expand.requires_grad):
+        return _LowRankProduct.apply(v, reduce, expand)
+    return torch.ops.lgdnet.thin_linear(torch.ops.lgdnet.thin_linear(v, reduce), expand)
