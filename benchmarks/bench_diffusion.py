@@ -269,8 +269,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         "pool P(x_l) in one in-place pass, the pass the plain block spends on its ReLU) and "
         "whose backward runs `lgdnet::add_relu_pool_backward` (the spread gradient of P added "
         "to dL/dx_l, the ReLU mask and the reduction over positions for W^{x,g} in one pass, "
-        "the pass the plain block's ReLU backward makes); `aten::mm`/`aten::t`/`MmBackward0` "
-        "are the low-rank projections; the SGD update of their weights is part of "
+        "the pass the plain block's ReLU backward makes); the low-rank projections are "
+        "`lgdnet::thin_linear*` (one `_LowRankProduct` node each) for widths of 1024 and more "
+        "and `aten::mm`/`aten::t`/`MmBackward0` below, where BLAS is faster "
+        "(`benchmarks/thin_products_results.md`); the SGD update of their weights is part of "
         "`aten::_fused_sgd_` (`benchmarks/sgd_results.md`: 8-10 ms more per step). Without the kernel (eager ATen, the last "
         "column above) three more passes over each block's output remain: the pool, the "
         "gradient add and the gradient's reduction.",

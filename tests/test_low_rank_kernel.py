@@ -16,6 +16,14 @@ from lgdnet.models.units import P3DBottleneck
 SIZES = [(37, 53, 5), (256, 512, 32), (300, 1000, 17), (600, 40, 3)]
 
 
+@pytest.fixture(autouse=True)
+def kernel_for_small_weights(monkeypatch, request):
+    """The tests' factors are small; the kernel is made to take them unless a test asks for
+    the library's size threshold (``@pytest.mark.size_threshold``)."""
+    if "size_threshold" not in request.keywords:
+        monkeypatch.setattr(low_rank_kernel, "MIN_WEIGHT_ELEMENTS", 0)
+
+
 def plain_and_kernel(module: LowRankLinear, v: torch.Tensor):
     """Output and gradients (v, W2, W1) of the module with and without the kernels."""
     results = []
@@ -25,7 +33,7 @@ def plain_and_kernel(module: LowRankLinear, v: torch.Tensor):
         x = v.detach().clone().requires_grad_(True)
         module.zero_grad(set_to_none=True)
         if kernel:
-            assert low_rank_kernel.applies(x, module.reduce.weight)
+            assert low_rank_kernel.applies(x, module.reduce.weight, module.expand.weight)
             y = module(x)
             assert "LowRankProduct" in type(y.grad_fn).__name__
         else:
@@ -101,6 +109,18 @@ def test_transposed_and_sliced_inputs_are_read_right():
 
 @pytest.mark.parametrize("why", ["rows", "bias", "flop_counter", "autocast", "disabled", "half"])
 def test_the_linear_pair_runs_where_the_kernel_does_not_apply(why):
+    _check_fallback(why)
+
+
+@pytest.mark.size_threshold
+def test_narrow_factors_keep_the_linear_pair_where_blas_is_faster():
+    _check_fallback("narrow")
+    wide = LowRankLinear(1024, 1024, 64)
+    v = torch.randn(2, 1024, requires_grad=True)
+    assert "LowRankProduct" in type(wide(v).grad_fn).__name__
+
+
+def _check_fallback(why):
     module = LowRankLinear(32, 32, 4, bias=why == "bias")
     rows = low_rank_kernel.MAX_ROWS + 1 if why == "rows" else 2
     v = torch.randn(rows, 32, requires_grad=True)

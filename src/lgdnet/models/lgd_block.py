@@ -58,8 +58,9 @@ class LowRankLinear(nn.Module):
 
     The paper's projections have no bias; the authors' public code gives both factors one
     (``bias=True``, used by ``create_model(init_scheme="authors")``). Without bias, CPU
-    vectors of a few rows go through :mod:`lgdnet.models.low_rank_kernel` (the same
-    products, faster than BLAS at that size); anything else through the two ``nn.Linear``.
+    vectors of a few rows and wide factors (C >= 1024) go through
+    :mod:`lgdnet.models.low_rank_kernel` (the same products, faster than BLAS there); anything
+    else through the two ``nn.Linear``.
 
     Args:
         in_features: C_a, the size of the input vector.
@@ -77,7 +78,8 @@ class LowRankLinear(nn.Module):
         self.expand = nn.Linear(rank, out_features, bias=bias)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        if self.reduce.bias is None and low_rank_kernel.applies(v, self.reduce.weight):
+        if self.reduce.bias is None and low_rank_kernel.applies(v, self.reduce.weight,
+                                                                   self.expand.weight):
             return low_rank_kernel.project(v, self.reduce.weight, self.expand.weight)
         return self.expand(self.reduce(v))
 

@@ -1,9 +1,13 @@
 """The low-rank projections W = W1 W2 of the LGD block (Sec. 3.1) as CPU kernels.
 
 Each projection maps the global vectors g, ``(N, C)`` with N the clips of a batch, through
-two weight matrices of ``C * C/16`` values. For N of a few rows a BLAS matrix product spends
-most of its time packing the weight, not multiplying: ``csrc/thin_linear.cpp`` reads each
-weight once, row by row, and is 1.5-3x faster there (``benchmarks/bench_lgd_block.py``).
+two weight matrices of ``C * C/16`` values. For N of a few rows and wide weights a BLAS
+matrix product spends most of its time packing the weight, not multiplying:
+``csrc/thin_linear.cpp`` reads each weight once, row by row. Measured side by side
+(``benchmarks/bench_thin_products.py``, ``thin_products_results.md``) it takes 0.5-0.85x the
+time of BLAS at C = 1024 and 2048, N = 2 and 4, but more than BLAS at C <= 512, where the
+call's fixed cost dominates, and at N = 8: the kernel runs only where a factor has at least
+:data:`MIN_WEIGHT_ELEMENTS` values and N is at most :data:`MAX_ROWS`.
 Forward is two ``lgdnet::thin_linear`` calls; backward two input- and two weight-gradient
 products, one autograd node per projection.
 
@@ -22,9 +26,10 @@ from torch.utils import _python_dispatch
 
 from lgdnet.models import epilogue_kernel
 
-# Above a few rows BLAS catches up: at N = 8 it is faster for the expanding factor
-# (``benchmarks/bench_lgd_block.py``, "thin products")
+# Where the kernel beats BLAS (``benchmarks/thin_products_results.md``): at N = 8 BLAS is as
+# fast, and below C = 1024 (a factor of 1024 x 64 values) the call's fixed cost dominates
 MAX_ROWS = 4
+MIN_WEIGHT_ELEMENTS = 1024 * 64
 
 
 def _dispatch_mode_active() -> bool:
@@ -41,10 +46,14 @@ def _autocast_on() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def applies(v: object, weight: torch.Tensor) -> bool:
-    """Whether :func:`project` runs the kernels for the vectors ``v`` and a factor ``weight``."""
+def applies(v: object, reduce: torch.Tensor, expand: torch.Tensor) -> bool:
+    """Whether :func:`project` runs the kernels for the vectors ``v`` and the factors
+    ``reduce`` (W2, ``(r, C_a)``) and ``expand`` (W1, ``(C_b, r)``)."""
     if not epilogue_kernel._enabled[0] or not isinstance(v, torch.Tensor):
         return False
+    if max(reduce.numel(), expand.numel()) < MIN_WEIGHT_ELEMENTS:
+        return False
+    weight = reduce
     if v.device.type != "cpu" or v.dim() != 2 or not 0 < v.shape[0] <= MAX_ROWS:
         return False
     if v.dtype not in epilogue_kernel.DTYPES or weight.dtype != v.dtype:

@@ -1,0 +1,161 @@
+"""The low-rank projections on a few rows: lgdnet's thin-product kernel against BLAS.
+
+Each LGD block projects its global vectors, ``(N, C)`` with N the clips of a batch, through
+W = W1 W2 (Sec. 3.1, rank C/16), three times per block (Eq. 2-3). For the output widths of
+LGD ResNet-50 (C = 256, 512, 1024, 2048) and N = 1, 2, 4, 8 this times one projection,
+forward alone and forward + backward (input and weight gradients), two ways in interleaved
+rounds in one process:
+
+* ``blas``: the ``nn.Linear`` pair without bias (``aten::mm``, MKL/OpenBLAS);
+* ``kernel``: :func:`lgdnet.models.low_rank_kernel.project` forced on, whatever the row
+  count (the library uses it up to ``MAX_ROWS`` rows).
+
+One timed call runs the projection ``--calls`` times; the table gives the median time per
+projection and the kernel / BLAS ratio (below 1: the kernel is faster).
+
+Run: ``python benchmarks/bench_thin_products.py [--rounds 15]``; writes
+``thin_products_results.md`` and ``.json`` next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    BENCH_DIR,
+    library_versions,
+    machine_description,
+    summarize,
+    time_round_robin,
+    utc_now,
+    write_results,
+)
+
+from lgdnet.models import epilogue_kernel, low_rank_kernel  # noqa: E402
+
+WIDTHS = (256, 512, 1024, 2048)
+ROWS = (1, 2, 4, 8)
+
+
+def _arms(c: int, n: int, calls: int) -> dict[str, Callable[[], None]]:
+    generator = torch.Generator().manual_seed(0)
+    rank = c // 16
+    reduce_w = (torch.randn(rank, c, generator=generator) / c**0.5).requires_grad_(True)
+    expand_w = (torch.randn(c, rank, generator=generator) / rank**0.5).requires_grad_(True)
+    v = torch.randn(n, c, generator=generator).requires_grad_(True)
+    grad = torch.randn(n, c, generator=generator)
+
+    def blas(v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(torch.nn.functional.linear(v, reduce_w), expand_w)
+
+    def kernel(v: torch.Tensor) -> torch.Tensor:
+        return low_rank_kernel.project(v, reduce_w, expand_w)
+
+    def forward(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                for _ in range(calls):
+                    fn(v)
+        return run
+
+    def training(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(calls):
+                v.grad = reduce_w.grad = expand_w.grad = None
+                fn(v).backward(grad)
+        return run
+
+    return {"forward/blas": forward(blas), "forward/kernel": forward(kernel),
+            "train/blas": training(blas), "train/kernel": training(kernel)}
+
+
+def run(rounds: int, calls: int) -> dict[str, Any]:
+    if not epilogue_kernel.available():
+        return {"skipped": "the CPU kernels are not built here (no C++ compiler?)"}
+    device = torch.device("cpu")
+    rows = []
+    for c in WIDTHS:
+        for n in ROWS:
+            timing = time_round_robin(_arms(c, n, calls), "forward/blas", device, warmup=2,
+                                      rounds=rounds)
+            row: dict[str, Any] = {"width": c, "rank": c // 16, "rows": n}
+            for mode in ("forward", "train"):
+                blas = timing[f"{mode}/blas"]["seconds"]["times"]
+                kernel = timing[f"{mode}/kernel"]["seconds"]["times"]
+                row[mode] = {
+                    "blas_us": summarize(blas)["median"] / calls * 1e6,
+                    "kernel_us": summarize(kernel)["median"] / calls * 1e6,
+                    "ratio": summarize([k / b for k, b in zip(kernel, blas)]),
+                }
+            rows.append(row)
+            print(f"C={c} N={n}: forward {row['forward']['ratio']['median']:.2f}, "
+                  f"train {row['train']['ratio']['median']:.2f}", flush=True)
+    return {"rounds": rounds, "calls": calls, "threads": torch.get_num_threads(),
+            "max_rows": low_rank_kernel.MAX_ROWS,
+            "min_weight_elements": low_rank_kernel.MIN_WEIGHT_ELEMENTS, "rows": rows}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    head = [
+        "# Thin products: the low-rank projection on a few rows",
+        "",
+        f"Command: `{report['command']}`. Date: {report['date']}. Machine: "
+        f"{report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, torch "
+        f"{report['versions']['torch']}.",
+        "",
+    ]
+    if "skipped" in report:
+        return "\n".join(head + [f"Skipped: {report['skipped']}."]) + "\n"
+    lines = head + [
+        f"One projection W1 W2 of `(N, C)` vectors (rank C/16, no bias), time per projection, "
+        f"median of {report['rounds']} interleaved rounds of {report['calls']} calls, "
+        f"{report['threads']} threads. `blas`: the `nn.Linear` pair; `kernel`: "
+        f"`lgdnet::thin_linear`, which the library uses up to N = {report['max_rows']} where a "
+        f"factor has at least {report['min_weight_elements']} values (C >= 1024). "
+        "Ratio: kernel / blas, median [min, max] over rounds.",
+        "",
+        "| C (rank) | N | forward blas | forward kernel | ratio | fwd+bwd blas | "
+        "fwd+bwd kernel | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        cells = []
+        for mode in ("forward", "train"):
+            v = row[mode]
+            r = v["ratio"]
+            cells.append(f"{v['blas_us']:.1f} us | {v['kernel_us']:.1f} us | "
+                         f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]")
+        lines.append(f"| {row['width']} ({row['rank']}) | {row['rows']} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--out-dir", type=Path, default=BENCH_DIR)
+    args = parser.parse_args()
+    report = run(args.rounds, args.calls)
+    command = "python benchmarks/bench_thin_products.py"
+    if args.rounds != 15:
+        command += f" --rounds {args.rounds}"
+    if args.calls != 200:
+        command += f" --calls {args.calls}"
+    report.update(command=command, date=utc_now(), machine=machine_description(torch.device("cpu")),
+                  versions=library_versions())
+    path = write_results(args.out_dir, "thin_products_results", report, to_markdown(report))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
