@@ -120,3 +120,59 @@ def test_channels_last_state_dict_loads_into_a_contiguous_model():
     with torch.no_grad():
         torch.testing.assert_close(fresh(clips), twin(clips),
                                    rtol=1e-4, atol=1e-5)
+
+
+def _clip_views(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One (N, C, T, H, W) map in the four memory orders the networks produce."""
+    n, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # LGD-2D's frame-major map
+    def as_clip(f: torch.Tensor) -> torch.Tensor:
+        return f.view(n, t, c, h, w).transpose(1, 2)
+    return {
+        "clips": x.contiguous(),
+        "clips_channels_last": x.contiguous(memory_format=torch.channels_last_3d),
+        "frames": as_clip(frames.contiguous()),
+        "frames_channels_last": as_clip(frames.contiguous(memory_format=torch.channels_last)),
+    }
+
+
+@pytest.mark.parametrize("order", ["clips", "clips_channels_last", "frames",
+                                   "frames_channels_last", "strided"])
+def test_global_average_is_the_mean_and_keeps_the_gradient_layout(order):
+    from lgdnet.models.layout import global_average
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64)
+    if order == "strided":  # a slice: none of the four orders
+        view = torch.randn(2, 6, 3, 4, 10, dtype=torch.float64)[..., ::2]
+    else:
+        view = _clip_views(x)[order]
+    leaf = view.detach().requires_grad_()
+    pooled = global_average(leaf)
+    torch.testing.assert_close(pooled, leaf.detach().mean((2, 3, 4)), rtol=1e-12, atol=1e-12)
+    weight = torch.randn_like(pooled)
+    (pooled * weight).sum().backward()
+    expected = (weight / 60.0)[:, :, None, None, None].expand_as(leaf)  # 3 x 4 x 5 positions
+    torch.testing.assert_close(leaf.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ["clips", "clips_channels_last", "frames_channels_last", "frames"])
+def test_global_average_gradient_lands_in_the_map_layout(order):
+    """Autograd adds P's gradient to the map's other gradient: formed in the map's own memory
+    order, the add runs element by element in one layout (``x.mean`` forms it contiguous)."""
+    from lgdnet.models.layout import global_average
+
+    x = torch.randn(2, 6, 3, 4, 5)
+    frames_order = order.startswith("frames")
+    base = x.transpose(1, 2).reshape(6, 6, 4, 5) if frames_order else x
+    fmt = torch.channels_last_3d if order == "clips_channels_last" else (
+        torch.channels_last if order == "frames_channels_last" else torch.contiguous_format)
+    leaf = base.contiguous(memory_format=fmt).requires_grad_()
+    grads = []
+    leaf.register_hook(lambda g: grads.append(g))
+    view = leaf.view(2, 3, 6, 4, 5).transpose(1, 2) if frames_order else leaf
+    global_average(view).sum().backward()
+    if order != "clips":  # one map, written in the map's memory order
+        assert grads[0].stride() == leaf.stride()
+    else:  # a broadcast view: nothing written
+        assert grads[0].stride()[2:] == (0, 0, 0)

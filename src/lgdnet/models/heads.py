@@ -12,8 +12,14 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
+
+from lgdnet.models.layout import global_average
+
+# an FX leaf here: it branches on the map's strides, which symbolic tracing cannot see
+torch.fx.wrap("global_average")
 
 
 class GlobalLocalHead(nn.Module):
@@ -41,7 +47,7 @@ class GlobalLocalHead(nn.Module):
     def forward_parts(self, local: torch.Tensor, global_: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"logits", "global_logits", "local_logits"}``: the prediction and both terms."""
         global_logits = self.global_classifier(self.dropout(global_))
-        local_logits = self.local_classifier(self.dropout(local.mean((2, 3, 4))))  # P(x_L)
+        local_logits = self.local_classifier(self.dropout(global_average(local)))  # P(x_L)
         return {
             "logits": (global_logits + local_logits) / 2,
             "global_logits": global_logits,
@@ -52,7 +58,7 @@ class GlobalLocalHead(nn.Module):
         self, local: torch.Tensor, global_: torch.Tensor, pre_logits: bool = False
     ) -> torch.Tensor:
         if pre_logits:
-            return torch.cat([self.dropout(global_), self.dropout(local.mean((2, 3, 4)))], 1)
+            return torch.cat([self.dropout(global_), self.dropout(global_average(local))], 1)
         return self.forward_parts(local, global_)["logits"]
 
 

@@ -14,12 +14,14 @@ from a channels-last model loads into a contiguous one and back.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["MEMORY_FORMATS", "is_channels_last", "resolve_memory_format", "to_memory_format"]
+__all__ = ["MEMORY_FORMATS", "global_average", "is_channels_last", "resolve_memory_format",
+           "to_memory_format"]
 
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "contiguous")
@@ -77,3 +79,47 @@ def resolve_memory_format(memory_format: str, device: torch.device | str, precis
     if device_type == "cuda" and precision == "fp32":
         return "contiguous"
     return "channels_last"
+
+
+class _MeanOverContiguous(torch.autograd.Function):
+    """The mean of a contiguous tensor over ``dims``, whose gradient is materialised contiguous:
+    for a view of a map in its memory order, the view backward then stays a view."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]):  # type: ignore[override]
+        ctx.shape, ctx.dims = x.shape, dims
+        ctx.count = math.prod(x.shape[d] for d in dims)
+        return x.sum(dims) / ctx.count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        for d in sorted(ctx.dims):
+            grad = grad.unsqueeze(d)
+        return (grad / ctx.count).expand(ctx.shape).contiguous(), None
+
+
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """P of Eq. (3): the average over T x H x W of a clip map ``(N, C, T, H, W)``, reduced over
+    a view in the map's memory order so that its gradient reaches the map in the map's layout.
+
+    ``x.mean((2, 3, 4))`` of a channels-last map, or of LGD-2D's frames ``(N*T, C, H, W)``
+    viewed as clips, has a backward that writes a contiguous-format map, which autograd then
+    adds to the map's channels-last gradient across layouts: about 6 ms for LGD-2D's g_1 at
+    batch 2 on a 2-core CPU, where this form takes about 1.5 ms. Contiguous clips get a
+    broadcast view as gradient (nothing written), every other map one map written in its
+    memory order (a broadcast view would be copied to contiguous format where LGD-2D's frame
+    view is undone). Same values up to float rounding.
+
+    Shape:
+        ``(N, C, T, H, W) -> (N, C)``.
+    """
+    n, c, t = x.shape[:3]
+    if x.is_contiguous():
+        return x.reshape(n, c, -1).sum(2) / x[0, 0].numel()
+    # channels-last clips, and channels-last frames seen as clips: (N, T, H, W, C) memory
+    if x.is_contiguous(memory_format=torch.channels_last_3d):
+        return _MeanOverContiguous.apply(x.permute(0, 2, 3, 4, 1).reshape(n, -1, c), (1,))
+    frames = x.transpose(1, 2)  # contiguous frames seen as clips: (N, T, C, H, W) memory
+    if frames.is_contiguous():
+        return _MeanOverContiguous.apply(frames.reshape(n, t, c, -1), (1, 3))
+    return x.mean((2, 3, 4))

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lgdnet.models import epilogue_kernel, low_rank_kernel
+from lgdnet.models.layout import global_average
+
+# an FX leaf here: it branches on the map's strides, which symbolic tracing cannot see
+torch.fx.wrap("global_average")
 
 Diffusion = Literal["lgd", "v1", "v2", "none"]
 DIFFUSIONS: tuple[str, ...] = ("lgd", "v1", "v2", "none")
@@ -95,6 +99,14 @@ def as_clips(x: torch.Tensor, batch: int, layout: str) -> tuple[torch.Tensor, tu
     if layout == "frames":
         return x.view(batch, -1, *x.shape[1:]), (batch, 1, -1, 1, 1), (1, 3, 4)
     return x, (batch, -1, 1, 1, 1), (2, 3, 4)
+
+
+def pool(x: torch.Tensor, batch: int, layout: str) -> torch.Tensor:
+    """P: a block's map (in the block's ``layout``) averaged over its positions, ``(N, C)``
+    (:func:`lgdnet.models.layout.global_average`)."""
+    if layout == "frames":
+        x = x.view(batch, -1, *x.shape[1:]).transpose(1, 2)
+    return global_average(x)
 
 
 def spread(v: torch.Tensor, shape: tuple) -> torch.Tensor:
@@ -318,8 +330,8 @@ class LGDBlock(nn.Module):
         if g is None:
             raise ValueError("an LGD block needs the global vector g_{l-1}")
         if self.order == "authors":  # g_l from the block's input, then x_l from g_l
-            inputs, _, dims = as_clips(x, g.shape[0], self.layout)
-            g = F.relu(self.local_to_global(inputs.mean(dims)) + self.global_to_global(g))
+            pooled = pool(x, g.shape[0], self.layout)  # P(x_{l-1})
+            g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))
             if self.diffusion == "v2":
                 clips, shape, _ = as_clips(out, g.shape[0], self.layout)
                 gate = torch.sigmoid(self.global_to_local(g))
@@ -327,11 +339,10 @@ class LGDBlock(nn.Module):
             out, _ = self._epilogue(out, self.global_to_local(g))  # Eq. (2) with g_l
             return out, g
         if self.diffusion == "v2":
-            clips, shape, dims = as_clips(out, g.shape[0], self.layout)
+            clips, shape, _ = as_clips(out, g.shape[0], self.layout)
             gate = torch.sigmoid(self.global_to_local(g))
-            clips = F.relu(clips * spread(gate, shape))  # Eq. (9)
-            pooled = clips.mean(dims)  # P(x_l)
-            out = clips.view(out.shape)
+            out = F.relu(clips * spread(gate, shape)).view(out.shape)  # Eq. (9)
+            pooled = pool(out, g.shape[0], self.layout)  # P(x_l)
         else:
             out, pooled = self._epilogue(out, self.global_to_local(g))  # Eq. (2) and P(x_l)
         if self.diffusion == "v1":

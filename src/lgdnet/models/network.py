@@ -13,11 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from lgdnet.models.heads import CombinationClassifier, GlobalLocalHead
+from lgdnet.models.layout import global_average
 from lgdnet.models.lgd_block import LGDBlock, LGDStage
 from lgdnet.models.units import EXPANSION, FrameBottleneck, P3DBottleneck, to_clip, to_frames
+
+# an FX leaf here: it branches on the map's strides, which symbolic tracing cannot see
+torch.fx.wrap("global_average")
 
 # A block's own children; every other key under ``layerN.M.`` belongs to its local unit.
 _UNIT_KEY = re.compile(
@@ -146,7 +151,7 @@ class LGDNet(nn.Module):
         x = self.stem(x)
         g = None
         if self.diffusion != "none":  # g_1 = P(x_1), Sec. 4.1
-            g = self.local_map(x, batch).mean((2, 3, 4))
+            g = global_average(self.local_map(x, batch))
         x, g = self.layer1(x, g)
         x = self.between_res2_res3(x)
         x, g = self.layer2(x, g)
@@ -154,7 +159,7 @@ class LGDNet(nn.Module):
         x, g = self.layer4(x, g)
         local = self.local_map(x, batch)
         if g is None:
-            g = local.mean((2, 3, 4))  # the baselines' global vector: P(x_L)
+            g = global_average(local)  # the baselines' global vector: P(x_L)
         return local, g
 
     def forward_head(

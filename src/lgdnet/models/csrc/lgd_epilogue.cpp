@@ -6,7 +6,8 @@
 // The map is read as (N, A, C, B), row-major: contiguous clips (N, C, T, H, W) are A = 1,
 // B = T*H*W; contiguous frames (N*T, C, H, W) are A = T, B = H*W; any channels-last map is
 // A = positions, B = 1. r and s are (N, C), contiguous. Sums run in float over short runs
-// (32 lanes over up to 8192 values, or 256 rows) and are added up in double.
+// (32 lanes over up to 8192 values, or 256 rows) and are added up in double. With AVX2, the
+// float backward writes maps of 16 MiB and more with non-temporal stores.
 // Registered with torch.library as lgdnet::add_relu_pool_ and lgdnet::add_relu_pool_backward.
 
 #include <ATen/ATen.h>
@@ -15,9 +16,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -44,6 +51,14 @@ Shape shape_of(const at::Tensor& x, const at::Tensor& r) {
   }
   TORCH_CHECK(x.is_contiguous(), "lgdnet epilogue: the map must be contiguous or channels-last");
   return {n, x.size(0) / n, c, x.numel() / (x.size(0) * c)};
+}
+
+// Orders a thread's non-temporal stores (the backward's, on large maps) before the threads
+// join; nothing to do without them.
+inline void store_fence() {
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
 }
 
 constexpr int64_t kLanes = 32;     // independent partial sums (vector registers)
@@ -77,6 +92,7 @@ void rows(const Shape& s, double* total, Op op) {
       std::lock_guard<std::mutex> guard(lock);
       for (int64_t c = 0; c < s.c; ++c) total[n * s.c + c] += acc[c];
     }
+    store_fence();
   });
 }
 
@@ -106,6 +122,7 @@ void planes(const Shape& s, double* total, Op op) {
       }
       total[nc] = acc;
     }
+    store_fence();
   });
 }
 
@@ -161,9 +178,84 @@ inline T masked(T out, T grad) {
   return out > T(0) ? grad : T(0);
 }
 
+#if defined(__AVX2__)
+// The backward writes a fresh gradient map. Where the map is larger than the caches it is
+// written with non-temporal stores, which skip reading each line before writing it: on
+// maps of 25-100 MB the pass then takes 0.8-0.9x the time of the ReLU backward it replaces
+// (1.2-1.5x with ordinary stores, which the running sums make store-bound).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// contiguous maps: planes of at least this many values (on 14x14 planes, whose runs end mid
+// cache line, streaming takes twice the time of ordinary stores)
+constexpr int64_t kStreamRun = 512;
+
+inline __m256 masked8(const float* o, const float* d, __m256 v) {
+  const __m256 positive = _mm256_cmp_ps(_mm256_loadu_ps(o), _mm256_setzero_ps(), _CMP_GT_OQ);
+  return _mm256_and_ps(positive, _mm256_add_ps(_mm256_loadu_ps(d), v));
+}
+
+// rows [first, last) of C values (C a multiple of 8, rows 32-byte aligned in g)
+void stream_rows(int64_t c_total, int64_t first, int64_t last, const float* __restrict gy,
+                 const float* __restrict out, const float* __restrict v, float* __restrict g,
+                 float* __restrict acc) {
+  for (int64_t row = first; row < last; ++row) {
+    const int64_t base = row * c_total;
+    for (int64_t c = 0; c < c_total; c += 8) {
+      const __m256 value = masked8(out + base + c, gy + base + c, _mm256_loadu_ps(v + c));
+      _mm256_stream_ps(g + base + c, value);
+      _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), value));
+    }
+  }
+}
+
+// one run of B values of one channel; value b is added into lanes[b % kLanes]
+void stream_plane(int64_t b_total, const float* __restrict d, const float* __restrict o, float v,
+                  float* __restrict r, float* __restrict lanes) {
+  int64_t b = 0;
+  for (; b < b_total && (reinterpret_cast<std::uintptr_t>(r + b) & 31) != 0; ++b) {
+    const float value = masked(o[b], d[b] + v);
+    r[b] = value;
+    lanes[b % kLanes] += value;
+  }
+  const __m256 vv = _mm256_set1_ps(v);
+  __m256 acc[4];
+  for (int k = 0; k < 4; ++k) acc[k] = _mm256_setzero_ps();
+  for (; b + kLanes <= b_total; b += kLanes) {
+    for (int k = 0; k < 4; ++k) {
+      const __m256 value = masked8(o + b + 8 * k, d + b + 8 * k, vv);
+      _mm256_stream_ps(r + b + 8 * k, value);
+      acc[k] = _mm256_add_ps(acc[k], value);
+    }
+  }
+  for (int k = 0; k < 4; ++k)
+    _mm256_storeu_ps(lanes + 8 * k, _mm256_add_ps(_mm256_loadu_ps(lanes + 8 * k), acc[k]));
+  for (; b < b_total; ++b) {
+    const float value = masked(o[b], d[b] + v);
+    r[b] = value;
+    lanes[b % kLanes] += value;
+  }
+}
+#endif
+
 template <typename T>
 void backward_kernel(const Shape& s, const T* __restrict gy, const T* __restrict out,
                      const T* __restrict vec, T* __restrict g, double* sum) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const bool large = s.n * s.a * s.c * s.b * int64_t(sizeof(float)) >= kStreamBytes;
+    if (large && s.b == 1 && s.c % 8 == 0 && reinterpret_cast<std::uintptr_t>(g) % 32 == 0) {
+      rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
+        stream_rows(s.c, first, last, gy, out, vec + n * s.c, g, acc);
+      });
+      return;
+    }
+    if (large && s.b >= kStreamRun) {
+      planes<T>(s, sum, [&](int64_t n, int64_t c, int64_t offset, T* __restrict lanes) {
+        stream_plane(s.b, gy + offset, out + offset, vec[n * s.c + c], g + offset, lanes);
+      });
+      return;
+    }
+  }
+#endif
   if (s.b == 1) {
     rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
       row_run<T>(s.c, first, last, vec + n * s.c, acc, [out, gy, g](int64_t i, T v) {
