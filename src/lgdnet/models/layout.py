@@ -104,8 +104,8 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
 
     ``x.mean((2, 3, 4))`` of a channels-last map, or of LGD-2D's frames ``(N*T, C, H, W)``
     viewed as clips, has a backward that writes a contiguous-format map, which autograd then
-    adds to the map's channels-last gradient across layouts: about 6 ms for LGD-2D's g_1 at
-    batch 2 on a 2-core CPU, where this form takes about 1.5 ms. Contiguous clips get a
+    adds to the map's channels-last gradient across layouts: 1.6 ms for LGD-2D's g_1 at batch
+    2 on a 2-core CPU, where this form takes 0.7 ms (``benchmarks/epilogue_passes_results.md``). Contiguous clips get a
     broadcast view as gradient (nothing written), every other map one map written in its
     memory order (a broadcast view would be copied to contiguous format where LGD-2D's frame
     view is undone). Same values up to float rounding.

@@ -4,10 +4,13 @@ Each projection maps the global vectors g, ``(N, C)`` with N the clips of a batc
 two weight matrices of ``C * C/16`` values. For N of a few rows and wide weights a BLAS
 matrix product spends most of its time packing the weight, not multiplying:
 ``csrc/thin_linear.cpp`` reads each weight once, row by row. Measured side by side
-(``benchmarks/bench_thin_products.py``, ``thin_products_results.md``) it takes 0.5-0.85x the
-time of BLAS at C = 1024 and 2048, N = 2 and 4, but more than BLAS at C <= 512, where the
-call's fixed cost dominates, and at N = 8: the kernel runs only where a factor has at least
-:data:`MIN_WEIGHT_ELEMENTS` values and N is at most :data:`MAX_ROWS`.
+(``benchmarks/bench_thin_products.py``, ``thin_products_results.md``) on an AMD EPYC it takes
+0.5-0.85x the time of BLAS at C = 1024 and 2048, N = 2 and 4, but more than BLAS at C <= 512,
+where the call's fixed cost dominates, and at N = 8: the kernel runs only where a factor has
+at least :data:`MIN_WEIGHT_ELEMENTS` values and N is at most :data:`MAX_ROWS`. On an Intel
+Xeon, where MKL runs its AVX-512 code, it takes 1.2-2.6x BLAS's time alone
+(``thin_products_results_xeon.md``) and the same within noise inside LGD-2D
+(``epilogue_passes_results.md``).
 Forward is two ``lgdnet::thin_linear`` calls; backward two input- and two weight-gradient
 products, one autograd node per projection.
 

@@ -181,8 +181,8 @@ inline T masked(T out, T grad) {
 #if defined(__AVX2__)
 // The backward writes a fresh gradient map. Where the map is larger than the caches it is
 // written with non-temporal stores, which skip reading each line before writing it: on
-// maps of 25-100 MB the pass then takes 0.8-0.9x the time of the ReLU backward it replaces
-// (1.2-1.5x with ordinary stores, which the running sums make store-bound).
+// maps of 18-49 MiB the pass then takes 0.71-0.82x the time of the ReLU backward it replaces
+// (benchmarks/epilogue_passes_results.md; 1.2-1.5x with ordinary stores).
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 // contiguous maps: planes of at least this many values (on 14x14 planes, whose runs end mid
 // cache line, streaming takes twice the time of ordinary stores)
