@@ -49,10 +49,17 @@ TARGET_INFERENCE_RATIO = 1.02
 CPU_BATCHES = (2, 4)  # CPU batches of the targets (on CUDA these are kernel-launch bound)
 
 
+PROJECTIONS = ("global_to_local", "local_to_global", "global_to_global")
+
+
 def _step(name: str, mode: str, device: torch.device, batch: int = BATCH, graph: bool = False,
-          memory_format: str = "auto") -> Any:
+          memory_format: str = "auto", frozen: bool = False) -> Any:
     work = Workload(model=name, stage=1, batch=batch, memory_format=memory_format)
     model = build_model(work, device)
+    if frozen:  # the low-rank projections W^{x,g}, W^{g,x}, W^{g,g} of every block
+        for param_name, param in model.named_parameters():
+            if any(f".{p}." in param_name for p in PROJECTIONS):
+                param.requires_grad_(False)
     clips, labels = make_batch(model, work, device)
     if mode == "train":
         step = train_step_fn(model, clips, labels, work, device)
@@ -71,15 +78,21 @@ def _without_kernel(step: Any) -> Any:
 
 def compare(lgd: str, baseline: str, mode: str, pairs: int, opts: BenchOptions,
             batch: int = BATCH, graph: bool = False, memory_format: str = "auto",
-            eager_arm: bool = False) -> dict[str, Any]:
-    """Interleaved rounds (baseline, LGD[, LGD with the eager epilogue]); ratio = LGD time /
-    baseline time in the same round. ``eager_arm``: a third arm, the same LGD network with the
-    epilogue kernel switched off (CPU), so the kernel's gain is measured in the same rounds."""
+            eager_arm: bool = False, frozen_arm: bool = False) -> dict[str, Any]:
+    """Interleaved rounds (baseline, LGD[, a third arm]); ratio = LGD time / baseline time in
+    the same round. ``eager_arm``: the same LGD network with the epilogue kernel switched off
+    (CPU), so the kernel's gain is measured in the same rounds. ``frozen_arm`` (training): the
+    same LGD network with the projections W frozen (``requires_grad=False``): the same forward
+    and input gradients, no weight gradients and no SGD update of them, so its distance to the
+    LGD arm is what training the projections' parameters costs (memory traffic, whatever the
+    batch)."""
     options = dict(batch=batch, memory_format=memory_format)
     fns = {"baseline": _step(baseline, mode, opts.device, graph=graph, **options),
            "lgd": _step(lgd, mode, opts.device, graph=graph, **options)}
     if eager_arm and opts.device.type == "cpu":
         fns["lgd_eager_epilogue"] = _without_kernel(_step(lgd, mode, opts.device, **options))
+    if frozen_arm and mode == "train":
+        fns["lgd_frozen_projections"] = _step(lgd, mode, opts.device, frozen=True, **options)
     timing = time_round_robin(fns, "baseline", opts.device, opts.warmup, pairs)
     result = {"lgd": lgd, "baseline": baseline, "mode": mode, "batch": batch, "cuda_graph": graph,
               "layout": layout(Workload(model=lgd, batch=batch, memory_format=memory_format),
@@ -87,9 +100,10 @@ def compare(lgd: str, baseline: str, mode: str, pairs: int, opts: BenchOptions,
               "baseline_seconds": timing["baseline"]["seconds"],
               "lgd_seconds": timing["lgd"]["seconds"],
               "ratio": timing["lgd"]["ratio_to_reference"]}
-    if "lgd_eager_epilogue" in timing:
-        result["eager_epilogue_seconds"] = timing["lgd_eager_epilogue"]["seconds"]
-        result["eager_epilogue_ratio"] = timing["lgd_eager_epilogue"]["ratio_to_reference"]
+    for arm, key in (("lgd_eager_epilogue", "eager_epilogue"), ("lgd_frozen_projections", "frozen_projections")):
+        if arm in timing:
+            result[f"{key}_seconds"] = timing[arm]["seconds"]
+            result[f"{key}_ratio"] = timing[arm]["ratio_to_reference"]
     return result
 
 
@@ -163,14 +177,17 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     add(*pairs_3d, mode, opts.pairs, batch=batch, memory_format=memory_format,
                         eager_arm=True)
                 else:
-                    add(*pairs_3d, mode, short, batch=batch, memory_format=memory_format)
+                    add(*pairs_3d, mode, opts.pairs, batch=batch, memory_format=memory_format)
         if cuda:
             add(*pairs_3d, mode, opts.pairs, graph=True)
             add(*pairs_3d, mode, short, batch=CUDA_BATCHES_3D[1])
+    # a 2D step is a third of a 3D one and its ratio noisier: twice the pairs; training with
+    # the projections frozen as a third arm (what their parameters' traffic costs)
     for mode in ("train", "inference"):
         for memory_format in formats:
             for batch in CPU_BATCHES:
-                add(*pairs_2d, mode, short, batch=batch, memory_format=memory_format)
+                add(*pairs_2d, mode, 2 * opts.pairs, batch=batch, memory_format=memory_format,
+                    frozen_arm=mode == "train")
     print("[diffusion] profile", flush=True)
     prof = profile_overhead(*pairs_3d, opts)
     print("[diffusion] block level", flush=True)
@@ -191,9 +208,10 @@ def pooled(result: dict[str, Any], resamples: int = 4000) -> list[dict[str, Any]
             continue
         key = (c["lgd"], c["baseline"], c["mode"])
         families.setdefault(key, []).extend(c["ratio"]["ratios"])
-        if "eager_epilogue_ratio" in c:
-            families.setdefault((c["lgd"], c["baseline"], c["mode"] + ", eager epilogue"),
-                                []).extend(c["eager_epilogue_ratio"]["ratios"])
+        for key, label in (("eager_epilogue", "eager epilogue"), ("frozen_projections", "projections frozen")):
+            if f"{key}_ratio" in c:
+                families.setdefault((c["lgd"], c["baseline"], f"{c['mode']}, {label}"),
+                                    []).extend(c[f"{key}_ratio"]["ratios"])
     rng = random.Random(0)
     rows = []
     for (lgd, baseline, mode), ratios in families.items():
@@ -206,18 +224,29 @@ def pooled(result: dict[str, Any], resamples: int = 4000) -> list[dict[str, Any]
     return rows
 
 
+def _third_arm(c: dict[str, Any]) -> str:
+    if "eager_epilogue_ratio" in c:
+        return f"eager: {fmt_ratio(c['eager_epilogue_ratio'])}"
+    if "frozen_projections_ratio" in c:
+        return f"frozen: {fmt_ratio(c['frozen_projections_ratio'])}"
+    return ""
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         "Paper inputs; ratio = LGD time / baseline time per interleaved round, "
         "`median [min, max] (IQR, n)`. Targets: training steps at most "
         f"{result['target_train_ratio_3d']}, inference at most "
         f"{result.get('target_inference_ratio', TARGET_INFERENCE_RATIO)}. The LGD networks run "
-        "their default epilogue (the one-pass kernel on the CPU); the last column is the same "
-        "LGD network with the kernel switched off (`epilogue_kernel.disabled()`), a third arm "
-        "in the same rounds.",
+        "their default epilogue (the one-pass kernel on the CPU). The last column is a third arm "
+        "in the same rounds: for the 3D training step the same LGD network with the kernel "
+        "switched off (`epilogue_kernel.disabled()`, *eager*); for the 2D one the same LGD "
+        "network with its projections W frozen (*frozen*: the same forward and input gradients, "
+        "no weight gradients and no SGD update of the 7.2M projection weights), so the distance "
+        "between the two LGD columns is what training those parameters costs.",
         "",
         "| LGD / baseline | step | batch | layout | baseline median | LGD median | ratio | "
-        "ratio, eager epilogue |",
+        "ratio, third arm |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in result["comparisons"]:
@@ -231,7 +260,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{c.get('layout', 'contiguous')} | "
             f"{fmt_seconds(c['baseline_seconds']['median'])} | "
             f"{fmt_seconds(c['lgd_seconds']['median'])} | {fmt_ratio(c['ratio'])} | "
-            f"{fmt_ratio(c['eager_epilogue_ratio']) if 'eager_epilogue_ratio' in c else ''} |"
+            f"{_third_arm(c)} |"
         )
     lines += ["", "Pooled over batches and layouts (`pooled`: every per-pair ratio of the rows "
               "above, median and 95% bootstrap interval):", "",

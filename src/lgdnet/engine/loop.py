@@ -128,7 +128,10 @@ def train_one_epoch(
         state: updated after each optimiser step (for saving an interrupted run).
         start_batch: index of the first micro-batch of ``loader`` within the epoch (resuming
             mid-epoch), so the accumulation groups fall where they did.
-        on_step: called after each optimiser step with that step's losses.
+        on_step: called after each optimiser step with that step's losses, its wall time
+            ``seconds`` (from the end of the previous step, so loading included; on CUDA the
+            kernels still queued are counted in the step that waits for them) and
+            ``data_seconds``, the part of it spent waiting for the loader.
         step_seed: if given, torch's generator is seeded with ``(*step_seed, step)`` before
             each optimiser step's micro-batches, so that the random draws of a step (dropout)
             do not depend on what ran before it: a run resumed mid-epoch repeats them.
@@ -156,10 +159,13 @@ def train_one_epoch(
     group: dict[str, float] = {}
     steps = 0
     started = time.perf_counter()
+    step_started, data_seconds = started, 0.0
     bar = tqdm(total=len(loader), desc=description, unit="batch", disable=not progress,
                dynamic_ncols=True, leave=False)
     optimizer.zero_grad(set_to_none=True)
+    waiting = time.perf_counter()
     for position, batch in enumerate(loader, start=start_batch):
+        data_seconds += time.perf_counter() - waiting
         # groups are fixed within the epoch (start_batch is always a group boundary)
         group_start = position - position % accumulation
         group_end = min(group_start + accumulation, total_batches)
@@ -212,15 +218,19 @@ def train_one_epoch(
             state.batches_done = position + 1
             state.totals = dict(sums)
             state.buffers = snapshot_buffers(module)
+            now = time.perf_counter()
             if on_step is not None and group.get("clips"):
                 record = {k: v / group["clips"] for k, v in group.items() if k != "clips"}
-                on_step({"step": state.global_step, "lr": optimizer.param_groups[0]["lr"], **record})
+                on_step({"step": state.global_step, "lr": optimizer.param_groups[0]["lr"], **record,
+                         "seconds": now - step_started, "data_seconds": data_seconds})
             group = {}
+            step_started, data_seconds = now, 0.0
         bar.update(1)
         elapsed = time.perf_counter() - started
         if sums["clips"]:
             bar.set_postfix(loss=f"{sums['loss'] / sums['clips']:.3f}",
                             clips_s=f"{(sums['clips'] - resumed_clips) / max(elapsed, 1e-9):.1f}")
+        waiting = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - started
     clips = max(sums["clips"], 1.0)

@@ -2,7 +2,8 @@
 
 * ``metrics.jsonl`` / ``metrics.csv``: one record per epoch (stage, epoch, losses, accuracy,
   learning rate, throughput, validation accuracy).
-* ``steps.jsonl``: one record per optimiser step (stage, epoch, step, losses, lr), appended
+* ``steps.jsonl``: one record per optimiser step (stage, epoch, step, losses, lr, the step's
+  wall time ``seconds`` and its loader wait ``data_seconds``), appended
   line by line (a line cut short by a kill is dropped on resume).
 
 The epoch files and the curves are rewritten whole through :mod:`lgdnet.atomic`.
@@ -116,9 +117,16 @@ class MetricsLogger:
             self.writer = None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSON-lines file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+TIMING_FIELDS = ("seconds", "data_seconds", "clips_per_s")
+
+
+def read_jsonl(path: str | os.PathLike, timing: bool = True) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file; ``timing=False`` drops the fields that measure time
+    (:data:`TIMING_FIELDS`), which differ between two runs that computed the same thing."""
+    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not timing:
+        records = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+    return records
 
 
 def _series(records: list[dict[str, Any]], stage: int, key: str) -> tuple[list[int], list[float]]:
