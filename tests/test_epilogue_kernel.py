@@ -28,6 +28,8 @@ CASES = {
     "frames": ((6, 8, 7, 9), torch.contiguous_format, 2),
     "frames_cl": ((6, 8, 11, 13), torch.channels_last, 2),
     "long_rows_cl": ((2, 16, 4, 10, 10), torch.channels_last_3d, 2),
+    # channels not a multiple of 8: the scalar loop, not the 8-wide one
+    "odd_channels_cl": ((4, 12, 5, 7), torch.channels_last, 2),
     # 8 planes of 1600 per (n, c): the float lanes fold into double once midway
     "long_frames": ((16, 3, 40, 40), torch.contiguous_format, 2),
     # maps over 16 MiB, whose float backward streams its stores: rows of 64 channels, and
@@ -85,10 +87,18 @@ def test_backward_is_the_masked_sum_and_its_reduction(case, dtype):
     assert grad.stride() == y.stride()
 
 
-def test_nan_passes_the_relu_as_in_torch():
-    x = torch.tensor([[float("nan"), -1.0, 2.0]]).view(1, 3, 1, 1, 1).repeat(1, 1, 1, 1, 5)
+@pytest.mark.parametrize("positions, channels, fmt", [
+    (5, 3, torch.contiguous_format),  # scalar loop
+    (40, 8, torch.contiguous_format),  # 8-wide plane loop, then its scalar tail
+    (6, 16, torch.channels_last_3d),  # 8-wide row loop
+])
+def test_nan_passes_the_relu_as_in_torch(positions, channels, fmt):
+    x = torch.randn(1, channels, 1, 1, positions)
+    x[0, ::2, 0, 0, ::3] = float("nan")
+    x = x.contiguous(memory_format=fmt)
     y = x.clone()
-    epilogue_kernel.add_relu_pool_(y, torch.zeros(1, 3), 1.0)
+    epilogue_kernel.add_relu_pool_(y, torch.zeros(1, channels), 1.0)
+    assert y.isnan().sum() == x.isnan().sum() > 0
     torch.testing.assert_close(y, torch.relu(x), equal_nan=True)
 
 
