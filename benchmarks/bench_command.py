@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shlex
 import statistics
 import subprocess
@@ -153,7 +154,27 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {fmt_ratio(e['step']['ratio'])} "
                      f"| {e['warmup']['lgd']['median']:.1f} s / {e['warmup']['baseline']['median']:.1f} s "
                      f"| {fmt_ratio(e['epoch']['ratio'])} | {fmt_ratio(e['command']['ratio'])} |")
+    lines += ["", "Pooled over batches and layouts (every per-round ratio of a network pair; median and "
+              "95% bootstrap interval, fixed seed):", "",
+              "| LGD / baseline | ratio | rounds | pooled median | 95% interval |", "|---|---|---|---|---|"]
+    for row in pooled(report["results"]):
+        lines.append(f"| `{row['models'][0]}` / `{row['models'][1]}` | {row['key']} | {row['n']} "
+                     f"| {row['median']:.3f} | {row['low']:.3f}-{row['high']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def pooled(results: list[dict[str, Any]], resamples: int = 4000) -> list[dict[str, Any]]:
+    """Per network pair and ratio (step, epoch, command), the per-round ratios of every batch
+    and layout together: their median and a 95% bootstrap interval of it."""
+    rng = random.Random(0)
+    rows = []
+    for models in dict.fromkeys(tuple(e["models"]) for e in results):
+        for key in ("step", "epoch", "command"):
+            ratios = [x for e in results if tuple(e["models"]) == models for x in e[key]["ratio"]["ratios"]]
+            medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+            rows.append({"models": models, "key": key, "n": len(ratios), "median": statistics.median(ratios),
+                         "low": medians[int(0.025 * resamples)], "high": medians[int(0.975 * resamples) - 1]})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", nargs="+", default=["channels_last", "contiguous"])
     parser.add_argument("--pairs", nargs="+", default=["3d", "2d"], choices=sorted(PAIRS))
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="write the text of an earlier run's results file again, measuring nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        path = write_results(args.render.parent, args.render.stem, report, markdown(report))
+        print(f"wrote {path}")
+        return 0
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="lgdnet-bench-command-") as tmp:
