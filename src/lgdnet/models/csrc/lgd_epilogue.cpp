@@ -7,7 +7,8 @@
 // B = T*H*W; contiguous frames (N*T, C, H, W) are A = T, B = H*W; any channels-last map is
 // A = positions, B = 1. r and s are (N, C), contiguous. Sums run in float over short runs
 // (32 lanes over up to 8192 values, or 256 rows) and are added up in double. With AVX2, the
-// float backward writes maps of 16 MiB and more with non-temporal stores.
+// float backward writes maps of 16 MiB and more with non-temporal stores, and the float loops
+// over channels-last rows are written in 8-wide vectors (row_run8).
 // Registered with torch.library as lgdnet::add_relu_pool_ and lgdnet::add_relu_pool_backward.
 
 #include <ATen/ATen.h>
@@ -142,8 +143,44 @@ inline T relu(T v) {
   return v < T(0) ? T(0) : v;  // a select, so loops vectorise; NaN passes, as in torch
 }
 
+#if defined(__AVX2__)
+// Rows [first, last) of C floats (C a multiple of 8, row i at i * C), in explicit 8-wide
+// vectors, one row at a time. On one AMD EPYC core the generic row_run forward took 3-4x the
+// in-place ReLU's time on an 18 MiB channels-last map, this loop about 1.4x; blocking four
+// rows per sweep was as slow as row_run. f(offset, v8) makes the 8 elements' new values at
+// ``offset`` (and stores what it must); the sums are added in row_run's order.
+template <typename F>
+inline void row_run8(int64_t c_total, int64_t first, int64_t last, const float* __restrict v,
+                     float* __restrict acc, F f) {
+  for (int64_t row = first; row < last; ++row) {
+    const int64_t base = row * c_total;
+    for (int64_t c = 0; c < c_total; c += 8)
+      _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), f(base + c, _mm256_loadu_ps(v + c))));
+  }
+}
+
+// ReLU(x + v) of 8 floats, stored back: max(0, y) keeps a NaN, as relu() above does
+inline __m256 add_relu8(float* __restrict x, __m256 v) {
+  const __m256 y = _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(_mm256_loadu_ps(x), v));
+  _mm256_storeu_ps(x, y);
+  return y;
+}
+
+#endif
+
 template <typename T>
 void forward_kernel(const Shape& s, T* __restrict data, const T* __restrict vec, double* sum) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (s.b == 1 && s.c % 8 == 0) {
+      rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
+        row_run8(s.c, first, last, vec + n * s.c, acc,
+                 [data](int64_t i, __m256 v) { return add_relu8(data + i, v); });
+      });
+      return;
+    }
+  }
+#endif
   if (s.b == 1) {
     rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
       row_run<T>(s.c, first, last, vec + n * s.c, acc, [data](int64_t i, T v) {
@@ -193,18 +230,21 @@ inline __m256 masked8(const float* o, const float* d, __m256 v) {
   return _mm256_and_ps(positive, _mm256_add_ps(_mm256_loadu_ps(d), v));
 }
 
-// rows [first, last) of C values (C a multiple of 8, rows 32-byte aligned in g)
-void stream_rows(int64_t c_total, int64_t first, int64_t last, const float* __restrict gy,
+// rows [first, last) of C values (C a multiple of 8); ``stream``: non-temporal stores (rows
+// 32-byte aligned in g)
+template <bool stream>
+void masked_rows(int64_t c_total, int64_t first, int64_t last, const float* __restrict gy,
                  const float* __restrict out, const float* __restrict v, float* __restrict g,
                  float* __restrict acc) {
-  for (int64_t row = first; row < last; ++row) {
-    const int64_t base = row * c_total;
-    for (int64_t c = 0; c < c_total; c += 8) {
-      const __m256 value = masked8(out + base + c, gy + base + c, _mm256_loadu_ps(v + c));
-      _mm256_stream_ps(g + base + c, value);
-      _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), value));
+  row_run8(c_total, first, last, v, acc, [=](int64_t i, __m256 vc) {
+    const __m256 value = masked8(out + i, gy + i, vc);
+    if constexpr (stream) {
+      _mm256_stream_ps(g + i, value);
+    } else {
+      _mm256_storeu_ps(g + i, value);
     }
-  }
+    return value;
+  });
 }
 
 // one run of B values of one channel; value b is added into lanes[b % kLanes]
@@ -242,9 +282,14 @@ void backward_kernel(const Shape& s, const T* __restrict gy, const T* __restrict
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
     const bool large = s.n * s.a * s.c * s.b * int64_t(sizeof(float)) >= kStreamBytes;
-    if (large && s.b == 1 && s.c % 8 == 0 && reinterpret_cast<std::uintptr_t>(g) % 32 == 0) {
+    if (s.b == 1 && s.c % 8 == 0) {
+      const bool stream = large && reinterpret_cast<std::uintptr_t>(g) % 32 == 0;
       rows<T>(s, sum, [&](int64_t n, int64_t first, int64_t last, T* __restrict acc) {
-        stream_rows(s.c, first, last, gy, out, vec + n * s.c, g, acc);
+        if (stream) {
+          masked_rows<true>(s.c, first, last, gy, out, vec + n * s.c, g, acc);
+        } else {
+          masked_rows<false>(s.c, first, last, gy, out, vec + n * s.c, g, acc);
+        }
       });
       return;
     }
