@@ -145,9 +145,9 @@ inline T relu(T v) {
 
 #if defined(__AVX2__)
 // Rows [first, last) of C floats (C a multiple of 8, row i at i * C), in explicit 8-wide
-// vectors, one row at a time. On one AMD EPYC core the generic row_run forward took 3-4x the
-// in-place ReLU's time on an 18 MiB channels-last map, this loop about 1.4x; blocking four
-// rows per sweep was as slow as row_run. f(offset, v8) makes the 8 elements' new values at
+// vectors, one row at a time: on LGD-2D's res2 maps the forward takes 0.41-0.47 of the
+// generic row_run's time (benchmarks/epilogue_ab_results.md); blocking four rows per sweep
+// was as slow as row_run. f(offset, v8) makes the 8 elements' new values at
 // ``offset`` (and stores what it must); the sums are added in row_run's order.
 template <typename F>
 inline void row_run8(int64_t c_total, int64_t first, int64_t last, const float* __restrict v,
