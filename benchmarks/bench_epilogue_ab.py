@@ -52,6 +52,9 @@ def build_reference(ref: str, folder: Path) -> Any:
                           text=True).stdout
     text = text.replace("TORCH_LIBRARY(lgdnet,", "TORCH_LIBRARY(lgdnet_ref,")
     text = text.replace("TORCH_LIBRARY_IMPL(lgdnet,", "TORCH_LIBRARY_IMPL(lgdnet_ref,")
+    # built alone: without the header the other sources share, and without exporting the
+    # entry point they call (this tree's library defines it)
+    text = text.replace('#include "kernels.h"', "").replace("lgdnet::epilogue_forward", "reference_epilogue_forward")
     path = folder / "lgd_epilogue_ref.cpp"
     path.write_text(text)
     _, flags = epilogue_kernel._flags()

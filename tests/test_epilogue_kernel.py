@@ -30,6 +30,10 @@ CASES = {
     "long_rows_cl": ((2, 16, 4, 10, 10), torch.channels_last_3d, 2),
     # channels not a multiple of 8: the scalar loop, not the 8-wide one
     "odd_channels_cl": ((4, 12, 5, 7), torch.channels_last, 2),
+    # a multiple of 8, not of 16: the 8-wide row loop where the 16-wide one (AVX-512) exists
+    "rows_of_24_cl": ((4, 24, 5, 7), torch.channels_last, 2),
+    # with AVX-512: a full chunk of 256 channels and a 16-channel tail, over 630 rows
+    "wide_rows_cl": ((6, 272, 15, 14), torch.channels_last, 2),
     # 8 planes of 1600 per (n, c): the float lanes fold into double once midway
     "long_frames": ((16, 3, 40, 40), torch.contiguous_format, 2),
     # maps over 16 MiB, whose float backward streams its stores: rows of 64 channels, and
@@ -90,7 +94,9 @@ def test_backward_is_the_masked_sum_and_its_reduction(case, dtype):
 @pytest.mark.parametrize("positions, channels, fmt", [
     (5, 3, torch.contiguous_format),  # scalar loop
     (40, 8, torch.contiguous_format),  # 8-wide plane loop, then its scalar tail
-    (6, 16, torch.channels_last_3d),  # 8-wide row loop
+    (6, 16, torch.channels_last_3d),  # 16-wide row loop (AVX-512), else the 8-wide one
+    (6, 24, torch.channels_last_3d),  # 8-wide row loop
+    (3, 272, torch.channels_last_3d),  # 16-wide: a chunk of 256 channels, then a tail
 ])
 def test_nan_passes_the_relu_as_in_torch(positions, channels, fmt):
     x = torch.randn(1, channels, 1, 1, positions)
@@ -148,13 +154,15 @@ def test_the_block_runs_the_kernel_and_matches_the_eager_epilogue(unit_type, mem
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_inference_runs_the_kernel():
+@pytest.mark.parametrize("diffusion, op", [("lgd", "lgdnet::diffuse_"),  # the kernel inside
+                                           ("v1", "lgdnet::add_relu_pool_")])
+def test_inference_runs_the_kernel(diffusion, op):
     torch.manual_seed(0)
-    block = LGDBlock(P3DBottleneck(8, 2), 8, 8, "lgd", 4).eval()
+    block = LGDBlock(P3DBottleneck(8, 2), 8, 8, diffusion, 4).eval()
     x, g = torch.randn(2, 8, 4, 6, 6), torch.randn(2, 8)
     with torch.inference_mode(), torch.profiler.profile() as profile:
         y, g_out = block(x, g)
-    assert "lgdnet::add_relu_pool_" in {event.name for event in profile.events()}
+    assert op in {event.name for event in profile.events()}
     with torch.inference_mode(), epilogue_kernel.disabled():
         y_eager, g_eager = block(x, g)
     torch.testing.assert_close(y, y_eager)

@@ -8,7 +8,9 @@ passes forward and four backward for the same (``benchmarks/RESULTS.md``, Sec. 2
 (``csrc/lgd_epilogue.cpp``) is registered with ``torch.library`` as ``lgdnet::add_relu_pool_``
 and ``lgdnet::add_relu_pool_backward``, for float32 and float64 CPU maps, contiguous or
 channels-last. The same extension holds the low-rank projections' products
-(``csrc/thin_linear.cpp``, used by :mod:`lgdnet.models.low_rank_kernel`).
+(``csrc/thin_linear.cpp``, used by :mod:`lgdnet.models.low_rank_kernel`) and the whole
+diffusion of a block at inference (``csrc/lgd_diffusion.cpp``,
+:mod:`lgdnet.models.diffusion_kernel`).
 
 It is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``;
 about a minute once, then loaded from PyTorch's extension cache, ``TORCH_EXTENSIONS_DIR``).
@@ -34,7 +36,9 @@ logger = logging.getLogger("lgdnet.models")
 
 SOURCE = Path(__file__).with_name("csrc") / "lgd_epilogue.cpp"
 # built into the same extension: the low-rank projections' thin products (low_rank_kernel)
-SOURCES = (SOURCE, SOURCE.with_name("thin_linear.cpp"))
+# and the whole diffusion of a block at inference (diffusion_kernel)
+SOURCES = (SOURCE, SOURCE.with_name("thin_linear.cpp"), SOURCE.with_name("lgd_diffusion.cpp"))
+HEADERS = (SOURCE.with_name("kernels.h"),)
 ENV = "LGDNET_EPILOGUE_KERNEL"
 DTYPES = (torch.float32, torch.float64)
 
@@ -64,8 +68,10 @@ def _flags() -> tuple[str, list[str]]:
         flags.append("-fopenmp")
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    if capability == "AVX512":  # what ATen's own kernels run on this CPU
+        flags.append("-mavx512f")
     version = re.sub(r"\W", "_", torch.__version__)
-    sources = b"".join(path.read_bytes() for path in SOURCES)
+    sources = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     digest = hashlib.sha1(sources + " ".join(flags).encode()).hexdigest()[:10]
     return f"lgdnet_epilogue_{version}_{capability.lower()}_{digest}", flags
 

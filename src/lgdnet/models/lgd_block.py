@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from lgdnet.models import epilogue_kernel, low_rank_kernel
+from lgdnet.models import diffusion_kernel, epilogue_kernel, low_rank_kernel
 from lgdnet.models.layout import global_average
 
 # an FX leaf here: it branches on the map's strides, which symbolic tracing cannot see
@@ -329,6 +329,8 @@ class LGDBlock(nn.Module):
             return F.relu(out, inplace=True), g
         if g is None:
             raise ValueError("an LGD block needs the global vector g_{l-1}")
+        if diffusion_kernel.applies(self, out, g):  # inference: Eq. (2) and (3) in one call
+            return out, diffusion_kernel.diffuse_(self, out, g)
         if self.order == "authors":  # g_l from the block's input, then x_l from g_l
             pooled = pool(x, g.shape[0], self.layout)  # P(x_{l-1})
             g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))
