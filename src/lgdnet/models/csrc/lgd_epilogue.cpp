@@ -178,7 +178,7 @@ inline __m256 add_relu8(float* __restrict x, __m256 v) {
 // ReLU's does; row_run8 loads and stores the sums for every row. The rows of a call (one
 // fold of rows()) stay in L2 between the chunks. The sums are added in row order, as
 // row_run8 adds them. Side by side on LGD-2D's maps in cache (benchmarks/
-// epilogue_ab_results.md) it takes 0.6-0.95 of row_run8's time, but up to 1.9 on some
+// epilogue_ab_results.md) it takes 0.5-0.98 of row_run8's time, but 1.15-1.9 on some
 // 512-channel maps, depending on where the map lies in memory.
 constexpr int kChunk = 16;
 template <int V, typename F>
