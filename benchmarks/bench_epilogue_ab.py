@@ -3,10 +3,12 @@
 The source of ``lgd_epilogue.cpp`` at ``--ref`` (read with ``git show``) is built as a second
 library, its ops registered as ``lgdnet_ref::*``, so both versions run in one process on the
 same tensors: forward (``add_relu_pool_``) and backward (``add_relu_pool_backward``) on
-LGD-2D's channels-last block maps (frames, batch 2 and 4 of 3 segments), at one and two
-threads. Reported: the median of per-round ratios this tree / ``--ref``, below 1 faster.
+LGD-2D's block maps (frames, batch 2 and 4 of 3 segments) in each layout of ``--layouts``,
+at one and two threads. In the same rounds the ops the plain block runs in their place, the
+in-place ReLU forward and ``threshold_backward``. Reported: the median of per-round ratios
+this tree / ``--ref`` and this tree / ReLU, below 1 faster.
 
-Run: ``python benchmarks/bench_epilogue_ab.py --ref COMMIT [--rounds 40]``; writes
+Run: ``python benchmarks/bench_epilogue_ab.py --ref COMMIT [--rounds 40] [--layouts ...]``; writes
 ``epilogue_ab_results.md`` and ``.json`` next to this file.
 """
 
@@ -64,31 +66,41 @@ def build_reference(ref: str, folder: Path) -> Any:
     return torch.ops.lgdnet_ref
 
 
-def compare(shape: tuple[int, ...], reference: Any, rounds: int, calls: int = 5) -> dict[str, Any]:
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def compare(shape: tuple[int, ...], reference: Any, rounds: int, layout: str = "channels_last",
+            calls: int = 5) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last
+    fmt = LAYOUTS[layout]
     x = torch.rand(shape, generator=generator).contiguous(memory_format=fmt)
     r = torch.rand(2, shape[1], generator=generator) * 1e-3  # small: x stays bounded over the calls
     y = torch.relu(torch.randn(shape, generator=generator)).contiguous(memory_format=fmt)
     grad_y = torch.randn(shape, generator=generator).contiguous(memory_format=fmt)
     ours = torch.ops.lgdnet
-    fns = {"forward": (lambda: ours.add_relu_pool_(x, r, 1.0), lambda: reference.add_relu_pool_(x, r, 1.0)),
+    fns = {"forward": (lambda: ours.add_relu_pool_(x, r, 1.0), lambda: reference.add_relu_pool_(x, r, 1.0),
+                       lambda: x.relu_()),
            "backward": (lambda: ours.add_relu_pool_backward(grad_y, y, r),
-                        lambda: reference.add_relu_pool_backward(grad_y, y, r))}
-    result: dict[str, Any] = {"shape": list(shape), "mib": x.numel() * 4 / 2**20}
-    for name, (new, old) in fns.items():
+                        lambda: reference.add_relu_pool_backward(grad_y, y, r),
+                        lambda: torch.ops.aten.threshold_backward(grad_y, y, 0))}
+    result: dict[str, Any] = {"shape": list(shape), "layout": layout, "mib": x.numel() * 4 / 2**20}
+    for name, (new, old, plain) in fns.items():
+        arms = [("new", new), ("old", old), ("plain", plain)]
         for _ in range(3):
-            new(), old()
-        times: dict[str, list[float]] = {"new": [], "old": []}
+            new(), old(), plain()
+        times: dict[str, list[float]] = {key: [] for key, _ in arms}
         for i in range(rounds):
-            for key, fn in (("new", new), ("old", old)) if i % 2 == 0 else (("old", old), ("new", new)):
+            for key, fn in arms[i % 3:] + arms[:i % 3]:  # each arm first in a third of the rounds
                 started = time.perf_counter()
                 for _ in range(calls):
                     fn()
                 times[key].append((time.perf_counter() - started) / calls)
         ratios = [a / b for a, b in zip(times["new"], times["old"])]
+        to_plain = [a / b for a, b in zip(times["new"], times["plain"])]
         result[name] = {"new_s": summarize(times["new"])["median"], "ref_s": summarize(times["old"])["median"],
-                        "ratio": {**summarize(ratios), "ratios": ratios}}
+                        "plain_s": summarize(times["plain"])["median"],
+                        "ratio": {**summarize(ratios), "ratios": ratios},
+                        "ratio_to_plain": {**summarize(to_plain), "ratios": to_plain}}
     return result
 
 
@@ -98,16 +110,22 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['machine']['cpu_model']}, {report['machine'].get('usable_cores', '?')} cores; "
              f"torch {report['versions'].get('torch')}.", "",
              f"This tree's kernel against the one at `{report['ref']}`, both built in one process and called "
-             "alternately on the same channels-last float32 maps (LGD-2D's block outputs). Ratio: this "
-             "tree / reference per round, `median [min, max] (IQR, n)`; below 1 this tree is faster.", "",
-             "| threads | map (frames, C, H, W) | MiB | forward, ref | forward, now | ratio | backward, ref "
-             "| backward, now | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+             "alternately on the same float32 maps (LGD-2D's block outputs, in cache between the calls), "
+             "with the ops the plain block runs instead (*ReLU*: the in-place ReLU forward, "
+             "`threshold_backward` backward). Ratio per round, `median [min, max] (IQR, n)`: this tree / "
+             "reference (below 1 this tree is faster) and this tree / ReLU (what the kernel costs beyond "
+             "the pass it replaces).", "",
+             "| threads | layout | map (frames, C, H, W) | MiB | forward: ref, now, ReLU | now / ref | now / ReLU "
+             "| backward: ref, now, ReLU | now / ref | now / ReLU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for threads, rows in report["results"].items():
         for e in rows:
-            f, b = e["forward"], e["backward"]
-            lines.append(f"| {threads} | {tuple(e['shape'])} | {e['mib']:.1f} | {f['ref_s'] * 1e3:.3f} ms "
-                         f"| {f['new_s'] * 1e3:.3f} ms | {fmt_ratio(f['ratio'])} | {b['ref_s'] * 1e3:.3f} ms "
-                         f"| {b['new_s'] * 1e3:.3f} ms | {fmt_ratio(b['ratio'])} |")
+            cells = [f"{threads}", e.get("layout", "channels_last"), f"{tuple(e['shape'])}", f"{e['mib']:.1f}"]
+            for d in (e["forward"], e["backward"]):
+                plain = d.get("plain_s")
+                times = [d["ref_s"], d["new_s"]] + ([plain] if plain is not None else [])
+                cells += [", ".join(f"{t * 1e3:.3f}" for t in times) + " ms", fmt_ratio(d["ratio"]),
+                          fmt_ratio(d["ratio_to_plain"]) if "ratio_to_plain" in d else ""]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", required=True, help="the git commit to compare against")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args(argv)
     if not epilogue_kernel.available():
@@ -126,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         for threads in sorted({previous, 1}, reverse=True):
             torch.set_num_threads(threads)
             results[str(threads)] = []
-            for shape in SHAPES:
-                print(f"[epilogue-ab] {threads} thread(s) {shape}", flush=True)
-                results[str(threads)].append(compare(shape, reference, args.rounds))
+            for layout in args.layouts:
+                for shape in SHAPES:
+                    print(f"[epilogue-ab] {threads} thread(s) {layout} {shape}", flush=True)
+                    results[str(threads)].append(compare(shape, reference, args.rounds, layout))
     torch.set_num_threads(previous)
     report = {"command": "python benchmarks/bench_epilogue_ab.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "date": utc_now(), "ref": args.ref, "machine": machine_description(torch.device("cpu")),

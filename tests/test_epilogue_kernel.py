@@ -36,6 +36,10 @@ CASES = {
     "wide_rows_cl": ((6, 272, 15, 14), torch.channels_last, 2),
     # 8 planes of 1600 per (n, c): the float lanes fold into double once midway
     "long_frames": ((16, 3, 40, 40), torch.contiguous_format, 2),
+    # planes shorter than one 8-wide vector: only the masked part
+    "tiny_planes": ((6, 16, 1, 3), torch.contiguous_format, 2),
+    # one plane of 9216 values per (n, c): two runs, each summed in double
+    "long_planes": ((2, 3, 4, 48, 48), torch.contiguous_format, 2),
     # maps over 16 MiB, whose float backward streams its stores: rows of 64 channels, and
     # planes of 4331 values (their starts fall on every alignment)
     "large_frames_cl": ((16, 64, 64, 65), torch.channels_last, 2),
