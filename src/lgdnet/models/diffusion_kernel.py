@@ -1,28 +1,35 @@
-"""The whole diffusion of an LGD block at inference as one CPU call (Eq. 2 and 3).
+"""The whole diffusion of an LGD block (Eq. 2 and 3) as one CPU call, or one autograd node.
 
 After its local unit F, an LGD block makes six thin products (three low-rank projections
 W = W1 W2), the epilogue (Eq. 2 and the P of Eq. 3) and an add and a ReLU (Eq. 3), each a
 Python call. On 2 cores the first Python after a block's convolutions runs from a cache
 they have flushed, and these calls cost more than the products: measured per block in
 ``lgd2d_r50`` inference at batch 2 (AMD EPYC), W^{x,g} g took about 140 us right after the
-convolutions and 40-50 us later in the block. ``lgdnet::diffuse_`` (``csrc/lgd_diffusion.cpp``)
-makes all of it in one call, with the same products in the same order (the thin-product
-kernel where :mod:`lgdnet.models.low_rank_kernel` uses it, BLAS otherwise), so its results
-equal the block's module-by-module path bit for bit. ``benchmarks/bench_diffusion.py``
-measures what it saves.
+convolutions and 40-50 us later in the block. At inference ``lgdnet::diffuse_``
+(``csrc/lgd_diffusion.cpp``) makes all of it in one call, with the same products in the same
+order (the thin-product kernel where :mod:`lgdnet.models.low_rank_kernel` uses it, BLAS
+otherwise), so its results equal the block's module-by-module path bit for bit.
+``benchmarks/bench_diffusion.py`` measures what it saves.
 
-It runs where nothing could see the difference: no autograd (``torch.inference_mode`` or
-``torch.no_grad``), the paper's order and variant (``diffusion="lgd"``, ``order="paper"``,
-no bias), the fused epilogue, float CPU tensors of one dtype, no hooks on the projections,
-and no compiler, tracer, dispatch mode or autocast (they see the modules).
-Switched off with the other kernels (``LGDNET_EPILOGUE_KERNEL=0``,
-:func:`lgdnet.models.epilogue_kernel.disabled`).
+In training :func:`diffuse` makes the same forward as one autograd node (:class:`_Diffusion`)
+in place of the module path's eight or so (three projections, the epilogue, the add and the
+ReLU of Eq. 3, each with its backward), and its backward forms every gradient of the block's
+diffusion, the map's and g's and the six factors', in one Python call: the same products, so
+the gradients equal the module path's up to the order of float sums in BLAS. Not twice
+differentiable (``create_graph=True`` raises), as the fused epilogue is not.
+
+Both run where nothing could see the difference: the paper's order and variant
+(``diffusion="lgd"``, ``order="paper"``, no bias), the fused epilogue, float CPU tensors of
+one dtype, no hooks on the projections, and no compiler, tracer, dispatch mode, functorch
+transform or autocast (they see the modules). Switched off with the other kernels
+(``LGDNET_EPILOGUE_KERNEL=0``, :func:`lgdnet.models.epilogue_kernel.disabled`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from lgdnet.models import epilogue_kernel, low_rank_kernel
 
@@ -30,13 +37,29 @@ PROJECTIONS = ("global_to_local", "local_to_global", "global_to_global")
 
 
 def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _transformed() -> bool:
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
 
 
 def applies(block: nn.Module, out: object, g: object) -> bool:
     """Whether :func:`diffuse_` runs for ``block`` (an :class:`~lgdnet.models.LGDBlock`) on
-    its local unit's output ``out`` and the global vector ``g``."""
-    if torch.is_grad_enabled() or not isinstance(out, torch.Tensor) or not isinstance(g, torch.Tensor):
+    its local unit's output ``out`` and the global vector ``g``: at inference."""
+    return not torch.is_grad_enabled() and _eligible(block, out, g)
+
+
+def applies_in_training(block: nn.Module, out: object, g: object) -> bool:
+    """Whether :func:`diffuse` runs: autograd records and the block's conditions hold."""
+    return (torch.is_grad_enabled() and block.epilogue == "fused" and _eligible(block, out, g)
+            and not _transformed())
+
+
+def _eligible(block: nn.Module, out: object, g: object) -> bool:
+    if not isinstance(out, torch.Tensor) or not isinstance(g, torch.Tensor):
         return False
     if block.diffusion != "lgd" or block.order != "paper" or block.bias or block.epilogue == "plain":
         return False
@@ -61,9 +84,119 @@ def diffuse_(block: nn.Module, out: torch.Tensor, g: torch.Tensor) -> torch.Tens
         ``out``: the block's map (``"clips"`` or ``"frames"``), ``g``: ``(N, C_in)`` ->
         ``(N, C_out)``.
     """
+    return torch.ops.lgdnet.diffuse_(out, g, *_weights(block), low_rank_kernel.MAX_ROWS,
+                                     low_rank_kernel.MIN_WEIGHT_ELEMENTS)
+
+
+def _weights(block: nn.Module) -> list[torch.Tensor]:
     weights = []
     for name in PROJECTIONS:
         projection = getattr(block, name)
         weights += [projection.reduce.weight, projection.expand.weight]
-    return torch.ops.lgdnet.diffuse_(out, g, *weights, low_rank_kernel.MAX_ROWS,
-                                     low_rank_kernel.MIN_WEIGHT_ELEMENTS)
+    return weights
+
+
+def _thin(rows: int, reduce: torch.Tensor, expand: torch.Tensor) -> bool:
+    """Whether the module path runs this projection through the thin-product kernel
+    (:func:`lgdnet.models.low_rank_kernel.applies`, given that the others hold)."""
+    return (rows <= low_rank_kernel.MAX_ROWS
+            and max(reduce.numel(), expand.numel()) >= low_rank_kernel.MIN_WEIGHT_ELEMENTS)
+
+
+def _product(v: torch.Tensor, w: torch.Tensor, thin: bool) -> torch.Tensor:
+    """``v w^T``."""
+    return torch.ops.lgdnet.thin_linear(v, w) if thin else torch.mm(v, w.t())
+
+
+def _input_grad(d: torch.Tensor, w: torch.Tensor, thin: bool) -> torch.Tensor:
+    """``d w``: the gradient of ``v`` in ``v w^T``."""
+    return torch.ops.lgdnet.thin_linear_input_grad(d, w) if thin else torch.mm(d, w)
+
+
+def _weight_grad(d: torch.Tensor, v: torch.Tensor, thin: bool) -> torch.Tensor:
+    """``d^T v``: the gradient of ``w`` in ``v w^T``."""
+    return torch.ops.lgdnet.thin_linear_weight_grad(d, v) if thin else torch.mm(d.t(), v)
+
+
+class _Diffusion(torch.autograd.Function):
+    """Eq. (2) on the local unit's output in place and Eq. (3)'s g_l, as one autograd node.
+
+    Forward: ``h = W2^{x,g} g``, ``x_l = ReLU(out + US(W1^{x,g} h))`` and ``P(x_l)`` (the
+    one-pass epilogue), ``g_l = ReLU(W^{g,x} P(x_l) + W^{g,g} g)``. Backward, with
+    ``d = dL/dg_l * [g_l > 0]``: the factors of W^{g,x} and W^{g,g} from d, ``dL/dP`` through
+    W^{g,x}, then the epilogue's backward (``dL/dout`` and ``dL/dr``, r = W^{x,g} g, in one
+    pass), the factors of W^{x,g} from ``dL/dr``, and ``dL/dg`` through W^{g,g} and W^{x,g}.
+    """
+
+    @staticmethod
+    def forward(ctx, out, g, reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg):  # type: ignore[override]
+        n = g.shape[0]
+        thin = (_thin(n, reduce_xg, expand_xg), _thin(n, reduce_gx, expand_gx),
+                _thin(n, reduce_gg, expand_gg))
+        hidden_xg = _product(g, reduce_xg, thin[0])
+        residual = _product(hidden_xg, expand_xg, thin[0])
+        pooled = epilogue_kernel.add_relu_pool_(out, residual, residual.numel() / out.numel())
+        hidden_gx = _product(pooled, reduce_gx, thin[1])
+        hidden_gg = _product(g, reduce_gg, thin[2])
+        g_new = _product(hidden_gx, expand_gx, thin[1]).add_(_product(hidden_gg, expand_gg, thin[2]))
+        g_new.relu_()
+        ctx.mark_dirty(out)
+        ctx.thin = thin
+        ctx.save_for_backward(out, g, pooled, hidden_xg, hidden_gx, hidden_gg, g_new,
+                              reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg)
+        return out, g_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_g_new):  # type: ignore[override]
+        (y, g, pooled, hidden_xg, hidden_gx, hidden_gg, g_new,
+         reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg) = ctx.saved_tensors
+        thin_xg, thin_gx, thin_gg = ctx.thin
+        needs = ctx.needs_input_grad
+        grads: list[torch.Tensor | None] = [None] * 8
+        if grad_g_new is None:
+            grad_g_new = torch.zeros_like(g_new)
+        d = (grad_g_new * (g_new > 0)).contiguous()  # through Eq. (3)'s ReLU
+        # W^{g,x} on P(x_l)
+        if needs[5]:
+            grads[5] = _weight_grad(d, hidden_gx, thin_gx)
+        grad_hidden = _input_grad(d, expand_gx, thin_gx)
+        if needs[4]:
+            grads[4] = _weight_grad(grad_hidden, pooled, thin_gx)
+        grad_pooled = _input_grad(grad_hidden, reduce_gx, thin_gx)
+        # the epilogue (Eq. 2 and P) in one pass: dL/dout and dL/dr
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        scaled = (grad_pooled / (y.numel() // grad_pooled.numel())).to(y.dtype)
+        grad_out, grad_residual = epilogue_kernel.add_relu_pool_backward(grad_y, y, scaled)
+        grads[0] = grad_out if needs[0] else None
+        # W^{x,g} on g
+        if needs[3]:
+            grads[3] = _weight_grad(grad_residual, hidden_xg, thin_xg)
+        grad_hidden = _input_grad(grad_residual, expand_xg, thin_xg)
+        if needs[2]:
+            grads[2] = _weight_grad(grad_hidden, g, thin_xg)
+        grad_g = _input_grad(grad_hidden, reduce_xg, thin_xg) if needs[1] else None
+        # W^{g,g} on g
+        if needs[7]:
+            grads[7] = _weight_grad(d, hidden_gg, thin_gg)
+        if needs[6] or needs[1]:
+            grad_hidden = _input_grad(d, expand_gg, thin_gg)
+            if needs[6]:
+                grads[6] = _weight_grad(grad_hidden, g, thin_gg)
+            if needs[1]:
+                grad_g = grad_g.add_(_input_grad(grad_hidden, reduce_gg, thin_gg))
+        grads[1] = grad_g
+        return tuple(grads)
+
+
+def diffuse(block: nn.Module, out: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (2) on ``out`` in place and Eq. (3)'s ``g_l``, as :func:`diffuse_` computes them,
+    recorded as one autograd node (:class:`_Diffusion`); returns ``(x_l, g_l)``.
+
+    Shape:
+        ``out``: the block's map (``"clips"`` or ``"frames"``), ``g``: ``(N, C_in)`` ->
+        ``out``'s shape and ``(N, C_out)``.
+    """
+    weights = [w.contiguous() for w in _weights(block)]
+    return _Diffusion.apply(out, g.contiguous(), *weights)

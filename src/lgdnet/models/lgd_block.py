@@ -208,16 +208,17 @@ def residual_relu_pool(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (2) ``x_l = ReLU(out + US(residual))`` and P(x_l) of Eq. (3), in place on ``out``.
 
-    ``fused`` uses :class:`_ResidualReLUPool` when autograd tracks ``out`` and no compiler or
-    exporter is tracing (they see, and fuse, the plain formula); otherwise the plain formula
-    runs, in place. A leaf for ``torch.fx`` (``torch.fx.wrap``), so symbolic tracing records
+    ``fused`` uses :class:`_ResidualReLUPool` when autograd tracks ``out`` or ``residual`` (a
+    frozen local unit's output does not require grad, W^{x,g}'s vector does) and no compiler
+    or exporter is tracing (they see, and fuse, the plain formula); otherwise the plain
+    formula runs, in place. A leaf for ``torch.fx`` (``torch.fx.wrap``), so symbolic tracing records
     one call.
 
     Shape:
         ``out``: ``(N, C, T, H, W)`` (``"clips"``) or ``(N*T, C, H, W)`` (``"frames"``);
         ``residual``: ``(N, C)`` -> ``out``'s shape and ``(N, C)``.
     """
-    tracked = torch.is_grad_enabled() and out.requires_grad
+    tracked = torch.is_grad_enabled() and (out.requires_grad or residual.requires_grad)
     if fused and tracked and not torch.compiler.is_compiling():
         return _ResidualReLUPool.apply(out, residual, layout)
     if fused and not tracked and epilogue_kernel.applies(out, residual):
@@ -331,6 +332,8 @@ class LGDBlock(nn.Module):
             raise ValueError("an LGD block needs the global vector g_{l-1}")
         if diffusion_kernel.applies(self, out, g):  # inference: Eq. (2) and (3) in one call
             return out, diffusion_kernel.diffuse_(self, out, g)
+        if diffusion_kernel.applies_in_training(self, out, g):  # the same, one autograd node
+            return diffusion_kernel.diffuse(self, out, g)
         if self.order == "authors":  # g_l from the block's input, then x_l from g_l
             pooled = pool(x, g.shape[0], self.layout)  # P(x_{l-1})
             g = F.relu(self.local_to_global(pooled) + self.global_to_global(g))
