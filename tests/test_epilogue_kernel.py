@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from lgdnet.models import epilogue_kernel
+from lgdnet.models import diffusion_kernel, epilogue_kernel
 from lgdnet.models.lgd_block import LGDBlock
 from lgdnet.models.units import FrameBottleneck, P3DBottleneck
 
@@ -125,9 +125,19 @@ def test_two_threads_add_every_row_once():
     torch.testing.assert_close(pooled, torch.relu(x + r.view(3, 64, 1, 1, 1)).sum((2, 3, 4)))
 
 
+# the block's diffusion as one node (lgdnet::diffuse_train_ runs the kernel inside) or the
+# module path, whose epilogue node calls the kernel's ops
+OPS = {"node": {"lgdnet::diffuse_train_", "lgdnet::diffuse_backward"},
+       "modules": {"lgdnet::add_relu_pool_", "lgdnet::add_relu_pool_backward"}}
+
+
+@pytest.mark.parametrize("path", list(OPS))
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, "channels_last"])
 @pytest.mark.parametrize("unit_type", [P3DBottleneck, FrameBottleneck])
-def test_the_block_runs_the_kernel_and_matches_the_eager_epilogue(unit_type, memory_format):
+def test_the_block_runs_the_kernel_and_matches_the_eager_epilogue(unit_type, memory_format, path,
+                                                                  monkeypatch):
+    if path == "modules":
+        monkeypatch.setattr(diffusion_kernel, "applies_in_training", lambda *args: False)
     torch.manual_seed(0)
     block = LGDBlock(unit_type(8, 2), 8, 8, "lgd", 4,
                      layout="frames" if unit_type is FrameBottleneck else "clips")
@@ -150,7 +160,7 @@ def test_the_block_runs_the_kernel_and_matches_the_eager_epilogue(unit_type, mem
     with torch.profiler.profile() as profile:
         fused = step()
     names = {event.name for event in profile.events()}
-    assert {"lgdnet::add_relu_pool_", "lgdnet::add_relu_pool_backward"} <= names
+    assert OPS[path] <= names
     with epilogue_kernel.disabled(), torch.profiler.profile() as profile:
         eager = step()
     assert not any(event.name.startswith("lgdnet::") for event in profile.events())

@@ -11,12 +11,13 @@ order (the thin-product kernel where :mod:`lgdnet.models.low_rank_kernel` uses i
 otherwise), so its results equal the block's module-by-module path bit for bit.
 ``benchmarks/bench_diffusion.py`` measures what it saves.
 
-In training :func:`diffuse` makes the same forward as one autograd node (:class:`_Diffusion`)
-in place of the module path's eight or so (three projections, the epilogue, the add and the
-ReLU of Eq. 3, each with its backward), and its backward forms every gradient of the block's
-diffusion, the map's and g's and the six factors', in one Python call: the same products, so
-the gradients equal the module path's up to the order of float sums in BLAS. Not twice
-differentiable (``create_graph=True`` raises), as the fused epilogue is not.
+In training :func:`diffuse` makes the same forward as one autograd node (:class:`_Diffusion`,
+``lgdnet::diffuse_train_``) in place of the module path's eight or so (three projections,
+the epilogue, the add and the ReLU of Eq. 3, each with its backward), and its backward forms
+every gradient of the block's diffusion, the map's and g's and the six factors', in one call
+(``lgdnet::diffuse_backward``): the same products, so the gradients equal the module path's
+up to the order of float sums in BLAS. Not twice differentiable (a second order through it
+raises), as the fused epilogue is not.
 
 Both run where nothing could see the difference: the paper's order and variant
 (``diffusion="lgd"``, ``order="paper"``, no bias), the fused epilogue, float CPU tensors of
@@ -96,98 +97,34 @@ def _weights(block: nn.Module) -> list[torch.Tensor]:
     return weights
 
 
-def _thin(rows: int, reduce: torch.Tensor, expand: torch.Tensor) -> bool:
-    """Whether the module path runs this projection through the thin-product kernel
-    (:func:`lgdnet.models.low_rank_kernel.applies`, given that the others hold)."""
-    return (rows <= low_rank_kernel.MAX_ROWS
-            and max(reduce.numel(), expand.numel()) >= low_rank_kernel.MIN_WEIGHT_ELEMENTS)
-
-
-def _product(v: torch.Tensor, w: torch.Tensor, thin: bool) -> torch.Tensor:
-    """``v w^T``."""
-    return torch.ops.lgdnet.thin_linear(v, w) if thin else torch.mm(v, w.t())
-
-
-def _input_grad(d: torch.Tensor, w: torch.Tensor, thin: bool) -> torch.Tensor:
-    """``d w``: the gradient of ``v`` in ``v w^T``."""
-    return torch.ops.lgdnet.thin_linear_input_grad(d, w) if thin else torch.mm(d, w)
-
-
-def _weight_grad(d: torch.Tensor, v: torch.Tensor, thin: bool) -> torch.Tensor:
-    """``d^T v``: the gradient of ``w`` in ``v w^T``."""
-    return torch.ops.lgdnet.thin_linear_weight_grad(d, v) if thin else torch.mm(d.t(), v)
-
-
 class _Diffusion(torch.autograd.Function):
     """Eq. (2) on the local unit's output in place and Eq. (3)'s g_l, as one autograd node.
 
-    Forward: ``h = W2^{x,g} g``, ``x_l = ReLU(out + US(W1^{x,g} h))`` and ``P(x_l)`` (the
-    one-pass epilogue), ``g_l = ReLU(W^{g,x} P(x_l) + W^{g,g} g)``. Backward, with
-    ``d = dL/dg_l * [g_l > 0]``: the factors of W^{g,x} and W^{g,g} from d, ``dL/dP`` through
-    W^{g,x}, then the epilogue's backward (``dL/dout`` and ``dL/dr``, r = W^{x,g} g, in one
-    pass), the factors of W^{x,g} from ``dL/dr``, and ``dL/dg`` through W^{g,g} and W^{x,g}.
+    Forward (``lgdnet::diffuse_train_``): ``h = W2^{x,g} g``, ``x_l = ReLU(out + US(W1^{x,g}
+    h))`` and ``P(x_l)`` (the one-pass epilogue), ``g_l = ReLU(W^{g,x} P(x_l) + W^{g,g} g)``,
+    keeping P(x_l) and the three hidden vectors. Backward (``lgdnet::diffuse_backward``), with
+    ``d = dL/dg_l * [g_l > 0]``: the factors of W^{g,x} from d, ``dL/dP`` through W^{g,x}, the
+    epilogue's backward (``dL/dout`` and ``dL/dr``, r = W^{x,g} g, in one pass), the factors of
+    W^{x,g} from ``dL/dr``, those of W^{g,g} from d, and ``dL/dg`` through W^{x,g} and W^{g,g};
+    only the gradients autograd asks for.
     """
 
     @staticmethod
-    def forward(ctx, out, g, reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg):  # type: ignore[override]
-        n = g.shape[0]
-        thin = (_thin(n, reduce_xg, expand_xg), _thin(n, reduce_gx, expand_gx),
-                _thin(n, reduce_gg, expand_gg))
-        hidden_xg = _product(g, reduce_xg, thin[0])
-        residual = _product(hidden_xg, expand_xg, thin[0])
-        pooled = epilogue_kernel.add_relu_pool_(out, residual, residual.numel() / out.numel())
-        hidden_gx = _product(pooled, reduce_gx, thin[1])
-        hidden_gg = _product(g, reduce_gg, thin[2])
-        g_new = _product(hidden_gx, expand_gx, thin[1]).add_(_product(hidden_gg, expand_gg, thin[2]))
-        g_new.relu_()
+    def forward(ctx, out, g, *weights):  # type: ignore[override]
+        g_new, pooled, *hidden = torch.ops.lgdnet.diffuse_train_(
+            out, g, *weights, low_rank_kernel.MAX_ROWS, low_rank_kernel.MIN_WEIGHT_ELEMENTS)
         ctx.mark_dirty(out)
-        ctx.thin = thin
-        ctx.save_for_backward(out, g, pooled, hidden_xg, hidden_gx, hidden_gg, g_new,
-                              reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg)
+        ctx.save_for_backward(out, g, pooled, *hidden, g_new, *weights)
         return out, g_new
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_g_new):  # type: ignore[override]
-        (y, g, pooled, hidden_xg, hidden_gx, hidden_gg, g_new,
-         reduce_xg, expand_xg, reduce_gx, expand_gx, reduce_gg, expand_gg) = ctx.saved_tensors
-        thin_xg, thin_gx, thin_gg = ctx.thin
-        needs = ctx.needs_input_grad
-        grads: list[torch.Tensor | None] = [None] * 8
-        if grad_g_new is None:
-            grad_g_new = torch.zeros_like(g_new)
-        d = (grad_g_new * (g_new > 0)).contiguous()  # through Eq. (3)'s ReLU
-        # W^{g,x} on P(x_l)
-        if needs[5]:
-            grads[5] = _weight_grad(d, hidden_gx, thin_gx)
-        grad_hidden = _input_grad(d, expand_gx, thin_gx)
-        if needs[4]:
-            grads[4] = _weight_grad(grad_hidden, pooled, thin_gx)
-        grad_pooled = _input_grad(grad_hidden, reduce_gx, thin_gx)
-        # the epilogue (Eq. 2 and P) in one pass: dL/dout and dL/dr
-        if grad_y is None:
-            grad_y = torch.zeros_like(y)
-        scaled = (grad_pooled / (y.numel() // grad_pooled.numel())).to(y.dtype)
-        grad_out, grad_residual = epilogue_kernel.add_relu_pool_backward(grad_y, y, scaled)
-        grads[0] = grad_out if needs[0] else None
-        # W^{x,g} on g
-        if needs[3]:
-            grads[3] = _weight_grad(grad_residual, hidden_xg, thin_xg)
-        grad_hidden = _input_grad(grad_residual, expand_xg, thin_xg)
-        if needs[2]:
-            grads[2] = _weight_grad(grad_hidden, g, thin_xg)
-        grad_g = _input_grad(grad_hidden, reduce_xg, thin_xg) if needs[1] else None
-        # W^{g,g} on g
-        if needs[7]:
-            grads[7] = _weight_grad(d, hidden_gg, thin_gg)
-        if needs[6] or needs[1]:
-            grad_hidden = _input_grad(d, expand_gg, thin_gg)
-            if needs[6]:
-                grads[6] = _weight_grad(grad_hidden, g, thin_gg)
-            if needs[1]:
-                grad_g = grad_g.add_(_input_grad(grad_hidden, reduce_gg, thin_gg))
-        grads[1] = grad_g
-        return tuple(grads)
+        needs = sum(1 << i for i, need in enumerate(ctx.needs_input_grad) if need)
+        grads = torch.ops.lgdnet.diffuse_backward(
+            grad_y, grad_g_new, *ctx.saved_tensors, needs, low_rank_kernel.MAX_ROWS,
+            low_rank_kernel.MIN_WEIGHT_ELEMENTS)
+        return tuple(grad if need else None for grad, need in zip(grads, ctx.needs_input_grad))
 
 
 def diffuse(block: nn.Module, out: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -522,6 +522,11 @@ at::Tensor lgdnet::epilogue_forward(at::Tensor x, const at::Tensor& r, double sc
   return add_relu_pool_(x, r, scale);
 }
 
+std::tuple<at::Tensor, at::Tensor> lgdnet::epilogue_backward(const at::Tensor& grad_y, const at::Tensor& y,
+                                                             const at::Tensor& s) {
+  return add_relu_pool_backward(grad_y, y, s);
+}
+
 TORCH_LIBRARY(lgdnet, m) {
   m.def("add_relu_pool_(Tensor(a!) x, Tensor r, float scale) -> Tensor");
   m.def("add_relu_pool_backward(Tensor grad_y, Tensor y, Tensor grad_pooled) -> (Tensor, Tensor)");

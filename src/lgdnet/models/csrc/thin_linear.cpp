@@ -146,6 +146,14 @@ at::Tensor lgdnet::thin_product(const at::Tensor& x, const at::Tensor& w) {
   return thin_linear(x, w);
 }
 
+at::Tensor lgdnet::thin_input_grad(const at::Tensor& d, const at::Tensor& w) {
+  return thin_linear_input_grad(d, w);
+}
+
+at::Tensor lgdnet::thin_weight_grad(const at::Tensor& d, const at::Tensor& x) {
+  return thin_linear_weight_grad(d, x);
+}
+
 TORCH_LIBRARY_FRAGMENT(lgdnet, m) {
   m.def("thin_linear(Tensor x, Tensor w) -> Tensor");
   m.def("thin_linear_input_grad(Tensor d, Tensor w) -> Tensor");
