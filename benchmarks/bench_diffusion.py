@@ -293,18 +293,18 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "What the extra ops are (forward and backward of Eq. 2-3 in every block): on the CPU "
-        "the LGD block's epilogue is one autograd node (`_ResidualReLUPool`) whose forward "
-        "runs `lgdnet::add_relu_pool_` (the broadcast add of US(W^{x,g} g), the ReLU and the "
-        "pool P(x_l) in one in-place pass, the pass the plain block spends on its ReLU) and "
-        "whose backward runs `lgdnet::add_relu_pool_backward` (the spread gradient of P added "
-        "to dL/dx_l, the ReLU mask and the reduction over positions for W^{x,g} in one pass, "
-        "the pass the plain block's ReLU backward makes); the low-rank projections are "
-        "`lgdnet::thin_linear*` (one `_LowRankProduct` node each) for widths of 1024 and more "
-        "and `aten::mm`/`aten::t`/`MmBackward0` below, where BLAS is faster "
+        "a block's whole diffusion is one autograd node (`_Diffusion`) whose forward is one call "
+        "of `lgdnet::diffuse_train_` (the three low-rank projections and the epilogue: the "
+        "broadcast add of US(W^{x,g} g), the ReLU and the pool P(x_l) in one in-place pass, the "
+        "pass the plain block spends on its ReLU) and whose backward is one call of "
+        "`lgdnet::diffuse_backward` (the spread gradient of P added to dL/dx_l, the ReLU mask and "
+        "the reduction over positions for W^{x,g} in one pass, the pass the plain block's ReLU "
+        "backward makes, and the projections' gradients); the projections run the thin-product "
+        "kernel for widths of 1024 and more and BLAS (`aten::mm`) below, where it is faster "
         "(`benchmarks/thin_products_results.md`); the SGD update of their weights is part of "
-        "`aten::_fused_sgd_` (`benchmarks/sgd_results.md`: 8-10 ms more per step). Without the kernel (eager ATen, the last "
-        "column above) three more passes over each block's output remain: the pool, the "
-        "gradient add and the gradient's reduction.",
+        "`aten::_fused_sgd_` (`benchmarks/sgd_results.md`). Without the kernel (eager ATen, the "
+        "last column above) the block runs its modules, and three more passes over each block's "
+        "output remain: the pool, the gradient add and the gradient's reduction.",
     ]
     lines += ["", bench_lgd_block.to_markdown(result["block"])]
     return "\n".join(lines)
