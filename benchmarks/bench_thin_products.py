@@ -11,16 +11,21 @@ rounds in one process:
   count (the library uses it up to ``MAX_ROWS`` rows).
 
 One timed call runs the projection ``--calls`` times; the table gives the median time per
-projection and the kernel / BLAS ratio (below 1: the kernel is faster).
+projection and the kernel / BLAS ratio (below 1: the kernel is faster). There the weights
+stay in cache from call to call. ``--cold`` times one projection at a time after writing a
+buffer of twice the last-level cache, as a block's convolutions leave the cache before its
+projections run: what the network sees.
 
-Run: ``python benchmarks/bench_thin_products.py [--rounds 15]``; writes
-``thin_products_results.md`` and ``.json`` next to this file.
+Run: ``python benchmarks/bench_thin_products.py [--rounds 15] [--cold]``; writes
+``thin_products_results.md`` (``thin_products_cold_results.md``) and ``.json`` next to this
+file.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,19 +82,43 @@ def _arms(c: int, n: int, calls: int) -> dict[str, Callable[[], None]]:
             "train/blas": training(blas), "train/kernel": training(kernel)}
 
 
-def run(rounds: int, calls: int) -> dict[str, Any]:
+FLUSH_BYTES = 96 * 2**20  # twice the 48 MiB last-level cache of the CPUs we measured
+
+
+def _time_cold(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Each arm's time per round, one call each in a rotating order, every call after
+    writing :data:`FLUSH_BYTES` (dirty lines, as a convolution's output leaves them)."""
+    flush = torch.empty(FLUSH_BYTES // 4)
+    names = list(arms)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 2):  # two warm-up rounds
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            flush.fill_(1.0)
+            start = time.perf_counter()
+            arms[name]()
+            if r >= 2:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def run(rounds: int, calls: int, cold: bool = False) -> dict[str, Any]:
     if not epilogue_kernel.available():
         return {"skipped": "the CPU kernels are not built here (no C++ compiler?)"}
     device = torch.device("cpu")
     rows = []
+    calls = 1 if cold else calls
     for c in WIDTHS:
         for n in ROWS:
-            timing = time_round_robin(_arms(c, n, calls), "forward/blas", device, warmup=2,
-                                      rounds=rounds)
+            if cold:
+                times = _time_cold(_arms(c, n, calls), rounds)
+            else:
+                timing = time_round_robin(_arms(c, n, calls), "forward/blas", device, warmup=2,
+                                          rounds=rounds)
+                times = {name: t["seconds"]["times"] for name, t in timing.items()}
             row: dict[str, Any] = {"width": c, "rank": c // 16, "rows": n}
             for mode in ("forward", "train"):
-                blas = timing[f"{mode}/blas"]["seconds"]["times"]
-                kernel = timing[f"{mode}/kernel"]["seconds"]["times"]
+                blas = times[f"{mode}/blas"]
+                kernel = times[f"{mode}/kernel"]
                 row[mode] = {
                     "blas_us": summarize(blas)["median"] / calls * 1e6,
                     "kernel_us": summarize(kernel)["median"] / calls * 1e6,
@@ -98,7 +127,7 @@ def run(rounds: int, calls: int) -> dict[str, Any]:
             rows.append(row)
             print(f"C={c} N={n}: forward {row['forward']['ratio']['median']:.2f}, "
                   f"train {row['train']['ratio']['median']:.2f}", flush=True)
-    return {"rounds": rounds, "calls": calls, "threads": torch.get_num_threads(),
+    return {"rounds": rounds, "calls": calls, "cold": cold, "threads": torch.get_num_threads(),
             "max_rows": low_rank_kernel.MAX_ROWS,
             "min_weight_elements": low_rank_kernel.MIN_WEIGHT_ELEMENTS, "rows": rows}
 
@@ -116,10 +145,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         return "\n".join(head + [f"Skipped: {report['skipped']}."]) + "\n"
     lines = head + [
         f"One projection W1 W2 of `(N, C)` vectors (rank C/16, no bias), time per projection, "
-        f"median of {report['rounds']} interleaved rounds of {report['calls']} calls, "
-        f"{report['threads']} threads. `blas`: the `nn.Linear` pair; `kernel`: "
-        f"`lgdnet::thin_linear`, which the library uses up to N = {report['max_rows']} where a "
-        f"factor has at least {report['min_weight_elements']} values (C >= 1024). "
+        + (f"median of {report['rounds']} interleaved rounds of one call each, every call after "
+           f"writing {FLUSH_BYTES >> 20} MiB (the weights out of cache, as after a block's "
+           "convolutions), "
+           if report.get("cold") else
+           f"median of {report['rounds']} interleaved rounds of {report['calls']} calls "
+           "(the weights in cache), ")
+        + f"{report['threads']} threads. `blas`: the `nn.Linear` pair; `kernel`: "
+        f"`lgdnet::thin_linear`, which the library uses by default up to N = "
+        f"{report['max_rows']} where a factor has at least 65536 values (C >= 1024), except "
+        "where PyTorch's BLAS is MKL on an Intel CPU (`low_rank_kernel.thin_products_by_default`"
+        f", here: {report.get('thin_by_default', 'n/a')}). "
         "Ratio: kernel / blas, median [min, max] over rounds.",
         "",
         "| C (rank) | N | forward blas | forward kernel | ratio | fwd+bwd blas | "
@@ -142,17 +178,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--cold", action="store_true",
+                        help="one call at a time with the weights out of cache")
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
-    report = run(args.rounds, args.calls)
-    command = "python benchmarks/bench_thin_products.py"
+    report = run(args.rounds, args.calls, args.cold)
+    report["thin_by_default"] = low_rank_kernel.thin_products_by_default()
+    command = "python benchmarks/bench_thin_products.py" + (" --cold" if args.cold else "")
     if args.rounds != 15:
         command += f" --rounds {args.rounds}"
     if args.calls != 200:
         command += f" --calls {args.calls}"
     report.update(command=command, date=utc_now(), machine=machine_description(torch.device("cpu")),
                   versions=library_versions())
-    path = write_results(args.out_dir, "thin_products_results", report, to_markdown(report))
+    stem = "thin_products_cold_results" if args.cold else "thin_products_results"
+    path = write_results(args.out_dir, stem, report, to_markdown(report))
     print(f"wrote {path}")
     return 0
 
