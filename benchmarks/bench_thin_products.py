@@ -144,7 +144,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     if "skipped" in report:
         return "\n".join(head + [f"Skipped: {report['skipped']}."]) + "\n"
     lines = head + [
-        f"One projection W1 W2 of `(N, C)` vectors (rank C/16, no bias), time per projection, "
+        "One projection W1 W2 of `(N, C)` vectors (rank C/16, no bias), time per projection, "
         + (f"median of {report['rounds']} interleaved rounds of one call each, every call after "
            f"writing {FLUSH_BYTES >> 20} MiB (the weights out of cache, as after a block's "
            "convolutions), "
