@@ -43,7 +43,9 @@ def thin_products_by_default() -> bool:
     """Whether the thin-product kernel is faster than BLAS here: not where PyTorch's BLAS is
     MKL on an Intel CPU, where MKL runs its AVX-512 code (``benchmarks/thin_products_results*``
     and ``bench_thin_products.py --cold``); elsewhere (MKL on AMD, OpenBLAS) it is. The variable
-    ``LGDNET_THIN_PRODUCTS`` (``1`` or ``0``), read at import, overrides this."""
+    ``LGDNET_THIN_PRODUCTS`` (``1`` or ``0``), read at import, overrides this; unset or any other
+    value leaves the choice to the CPU. Where BLAS takes the products, results may depend on
+    the thread count, as any BLAS product's do; the kernel's never do."""
     choice = os.environ.get(THIN_PRODUCTS_ENV, "").strip().lower()
     if choice in ("1", "on", "true", "yes"):
         return True
