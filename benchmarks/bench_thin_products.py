@@ -16,9 +16,13 @@ stay in cache from call to call. ``--cold`` times one projection at a time after
 buffer of twice the last-level cache, as a block's convolutions leave the cache before its
 projections run: what the network sees.
 
-Run: ``python benchmarks/bench_thin_products.py [--rounds 15] [--cold]``; writes
-``thin_products_results.md`` (``thin_products_cold_results.md``) and ``.json`` next to this
-file.
+``--network`` times what the choice does to a whole network instead: ``lgd2d_r50`` at batch 2
+in the default layout, a training step and inference, the kernel and BLAS taking the products
+of the same model in alternate calls (``MIN_WEIGHT_ELEMENTS`` switched between them).
+
+Run: ``python benchmarks/bench_thin_products.py [--rounds 15] [--cold | --network]``; writes
+``thin_products_results.md`` (``thin_products_cold_results.md``,
+``thin_products_network_results.md``) and ``.json`` next to this file.
 """
 
 from __future__ import annotations
@@ -101,6 +105,62 @@ def _time_cold(arms: dict[str, Callable[[], None]], rounds: int) -> dict[str, li
     return times
 
 
+def run_network(rounds: int) -> dict[str, Any]:
+    """BLAS / kernel time ratios of whole ``lgd2d_r50`` steps, alternating per round."""
+    from workloads import Workload, build_model, inference_fn, make_batch, train_step_fn
+
+    device = torch.device("cpu")
+    rows = []
+    for mode in ("train", "inference"):
+        work = Workload(model="lgd2d_r50", batch=2)
+        model = build_model(work, device)
+        clips, labels = make_batch(model, work, device)
+        step = (train_step_fn(model, clips, labels, work, device) if mode == "train"
+                else inference_fn(model, clips, work, device))
+        arms = {"kernel": 64 * 1024, "blas": 1 << 62}  # BLAS: no factor is this large
+        times: dict[str, list[float]] = {name: [] for name in arms}
+        previous = low_rank_kernel.MIN_WEIGHT_ELEMENTS
+        try:
+            for r in range(rounds + 2):  # two warm-up rounds
+                for name in list(arms)[r % 2:] + list(arms)[: r % 2]:
+                    low_rank_kernel.MIN_WEIGHT_ELEMENTS = arms[name]
+                    start = time.perf_counter()
+                    step()
+                    if r >= 2:
+                        times[name].append(time.perf_counter() - start)
+        finally:
+            low_rank_kernel.MIN_WEIGHT_ELEMENTS = previous
+        rows.append({"mode": mode, "kernel": summarize(times["kernel"]),
+                     "blas": summarize(times["blas"]),
+                     "ratio": summarize([b / k for b, k in zip(times["blas"], times["kernel"])])})
+        print(f"lgd2d_r50 {mode}: blas / kernel {rows[-1]['ratio']['median']:.3f}", flush=True)
+    return {"rounds": rounds, "threads": torch.get_num_threads(), "network": rows}
+
+
+def network_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Thin products or BLAS inside a whole network",
+        "",
+        f"Command: `{report['command']}`. Date: {report['date']}. Machine: "
+        f"{report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, torch "
+        f"{report['versions']['torch']}.",
+        "",
+        f"`lgd2d_r50` at batch 2 in the default layout, one model, its low-rank products taken by "
+        f"the thin-product kernel and by BLAS in alternate calls, {report['rounds']} rounds, "
+        f"{report['threads']} threads; ratio BLAS / kernel per round, `median [min, max] (IQR)`. "
+        "The library uses the kernel.",
+        "",
+        "| step | kernel | BLAS | ratio BLAS / kernel |",
+        "|---|---|---|---|",
+    ]
+    for row in report["network"]:
+        r = row["ratio"]
+        lines.append(f"| {row['mode']} | {row['kernel']['median'] * 1e3:.1f} ms | "
+                     f"{row['blas']['median'] * 1e3:.1f} ms | {r['median']:.3f} [{r['min']:.3f}, "
+                     f"{r['max']:.3f}] ({r['q1']:.3f}-{r['q3']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
 def run(rounds: int, calls: int, cold: bool = False) -> dict[str, Any]:
     if not epilogue_kernel.available():
         return {"skipped": "the CPU kernels are not built here (no C++ compiler?)"}
@@ -152,10 +212,8 @@ def to_markdown(report: dict[str, Any]) -> str:
            f"median of {report['rounds']} interleaved rounds of {report['calls']} calls "
            "(the weights in cache), ")
         + f"{report['threads']} threads. `blas`: the `nn.Linear` pair; `kernel`: "
-        f"`lgdnet::thin_linear`, which the library uses by default up to N = "
-        f"{report['max_rows']} where a factor has at least 65536 values (C >= 1024), except "
-        "where PyTorch's BLAS is MKL on an Intel CPU (`low_rank_kernel.thin_products_by_default`"
-        f", here: {report.get('thin_by_default', 'n/a')}). "
+        f"`lgdnet::thin_linear`, which the library uses up to N = {report['max_rows']} where a "
+        f"factor has at least {report['min_weight_elements']} values (C >= 1024). "
         "Ratio: kernel / blas, median [min, max] over rounds.",
         "",
         "| C (rank) | N | forward blas | forward kernel | ratio | fwd+bwd blas | "
@@ -180,19 +238,28 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--cold", action="store_true",
                         help="one call at a time with the weights out of cache")
+    parser.add_argument("--network", action="store_true",
+                        help="whole lgd2d_r50 steps, the kernel and BLAS alternating")
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
-    report = run(args.rounds, args.calls, args.cold)
-    report["thin_by_default"] = low_rank_kernel.thin_products_by_default()
+    if args.network:
+        report = run_network(args.rounds)
+    else:
+        report = run(args.rounds, args.calls, args.cold)
     command = "python benchmarks/bench_thin_products.py" + (" --cold" if args.cold else "")
+    command += " --network" if args.network else ""
     if args.rounds != 15:
         command += f" --rounds {args.rounds}"
     if args.calls != 200:
         command += f" --calls {args.calls}"
     report.update(command=command, date=utc_now(), machine=machine_description(torch.device("cpu")),
                   versions=library_versions())
-    stem = "thin_products_cold_results" if args.cold else "thin_products_results"
-    path = write_results(args.out_dir, stem, report, to_markdown(report))
+    if args.network:
+        path = write_results(args.out_dir, "thin_products_network_results", report,
+                             network_markdown(report))
+    else:
+        stem = "thin_products_cold_results" if args.cold else "thin_products_results"
+        path = write_results(args.out_dir, stem, report, to_markdown(report))
     print(f"wrote {path}")
     return 0
 

@@ -3,10 +3,6 @@ the two ``nn.Linear`` forward and backward, and the plain path wherever they do 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -121,25 +117,7 @@ def test_narrow_factors_keep_the_linear_pair_where_blas_is_faster():
     _check_fallback("narrow")
     wide = LowRankLinear(1024, 1024, 64)
     v = torch.randn(2, 1024, requires_grad=True)
-    taken = "LowRankProduct" in type(wide(v).grad_fn).__name__
-    assert taken == low_rank_kernel.thin_products_by_default()
-
-
-@pytest.mark.parametrize("setting, expected", [("1", "65536"), ("0", str(low_rank_kernel.NEVER)),
-                                               ("", None)])
-def test_the_thin_products_follow_the_cpu_and_the_variable(setting, expected):
-    """By default not where BLAS is MKL on an Intel CPU (MKL's AVX-512 code is faster there);
-    ``LGDNET_THIN_PRODUCTS`` overrides the choice, read at import."""
-    code = ("from lgdnet.models import low_rank_kernel as k; "
-            "print(k.MIN_WEIGHT_ELEMENTS, k._cpu_vendor(), int(torch.backends.mkl.is_available()))")
-    env = {**os.environ, low_rank_kernel.THIN_PRODUCTS_ENV: setting}
-    done = subprocess.run([sys.executable, "-c", "import torch; " + code], env=env,
-                          capture_output=True, text=True, check=True)
-    threshold, *vendor, mkl = done.stdout.split()
-    if expected is None:
-        intel_mkl = vendor == ["GenuineIntel"] and mkl == "1"
-        expected = str(low_rank_kernel.NEVER if intel_mkl else 65536)
-    assert threshold == expected
+    assert "LowRankProduct" in type(wide(v).grad_fn).__name__
 
 
 def _check_fallback(why):

@@ -9,11 +9,11 @@ matrix product spends most of its time packing the weight, not multiplying:
 where the call's fixed cost dominates, and at N = 8: the kernel runs only where a factor has
 at least :data:`MIN_WEIGHT_ELEMENTS` values and N is at most :data:`MAX_ROWS`. On an Intel
 Xeon, where MKL runs its AVX-512 code, it takes 1.2-2.6x BLAS's time alone
-(``thin_products_results_xeon.md``), and with the weights out of cache, as they are after a
-block's convolutions, 0.96-1.13x forward and 1.01-1.21x forward + backward at C = 1024, N <= 4,
-1.04-1.33x and 1.12-1.21x at C = 2048 (``thin_products_cold_results.md``): so it runs only where
-BLAS is not MKL on an Intel CPU (:func:`thin_products_by_default`; ``LGDNET_THIN_PRODUCTS``
-= ``1`` or ``0`` overrides the choice).
+(``thin_products_results_xeon.md``), and 1.0-1.2x with the weights out of cache, as a
+block's convolutions leave them (``thin_products_cold_results.md``); yet inside ``lgd2d_r50``
+the two take the same time within noise there (BLAS / kernel 0.997 training, 1.008 inference,
+``thin_products_network_results.md``), so the kernel runs on every CPU, for its results that
+do not depend on the thread count.
 Forward is two ``lgdnet::thin_linear`` calls; backward two input- and two weight-gradient
 products, one autograd node per projection.
 
@@ -26,49 +26,16 @@ kernel (:mod:`lgdnet.models.epilogue_kernel`: ``LGDNET_EPILOGUE_KERNEL=0``, ``di
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.autograd.function import once_differentiable
 from torch.utils import _python_dispatch
 
 from lgdnet.models import epilogue_kernel
 
-THIN_PRODUCTS_ENV = "LGDNET_THIN_PRODUCTS"
-# factors never this large: BLAS for every product
-NEVER = 1 << 62
-
-
-def thin_products_by_default() -> bool:
-    """Whether the thin-product kernel is faster than BLAS here: not where PyTorch's BLAS is
-    MKL on an Intel CPU, where MKL runs its AVX-512 code (``benchmarks/thin_products_results*``
-    and ``bench_thin_products.py --cold``); elsewhere (MKL on AMD, OpenBLAS) it is. The variable
-    ``LGDNET_THIN_PRODUCTS`` (``1`` or ``0``), read at import, overrides this; unset or any other
-    value leaves the choice to the CPU. Where BLAS takes the products, results may depend on
-    the thread count, as any BLAS product's do; the kernel's never do."""
-    choice = os.environ.get(THIN_PRODUCTS_ENV, "").strip().lower()
-    if choice in ("1", "on", "true", "yes"):
-        return True
-    if choice in ("0", "off", "false", "no"):
-        return False
-    return not (torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel")
-
-
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 # Where the kernel beats BLAS (``benchmarks/thin_products_results.md``): at N = 8 BLAS is as
 # fast, and below C = 1024 (a factor of 1024 x 64 values) the call's fixed cost dominates
 MAX_ROWS = 4
-MIN_WEIGHT_ELEMENTS = 1024 * 64 if thin_products_by_default() else NEVER
+MIN_WEIGHT_ELEMENTS = 1024 * 64
 
 
 def _dispatch_mode_active() -> bool:
