@@ -137,14 +137,15 @@ def run_network(rounds: int) -> dict[str, Any]:
     return {"rounds": rounds, "threads": torch.get_num_threads(), "network": rows}
 
 
+def _header(report: dict[str, Any], title: str) -> list[str]:
+    return [f"# {title}", "",
+            f"Command: `{report['command']}`. Date: {report['date']}. Machine: "
+            f"{report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, torch "
+            f"{report['versions']['torch']}.", ""]
+
+
 def network_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# Thin products or BLAS inside a whole network",
-        "",
-        f"Command: `{report['command']}`. Date: {report['date']}. Machine: "
-        f"{report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, torch "
-        f"{report['versions']['torch']}.",
-        "",
+    lines = _header(report, "Thin products or BLAS inside a whole network") + [
         f"`lgd2d_r50` at batch 2 in the default layout, one model, its low-rank products taken by "
         f"the thin-product kernel and by BLAS in alternate calls, {report['rounds']} rounds, "
         f"{report['threads']} threads; ratio BLAS / kernel per round, `median [min, max] (IQR)`. "
@@ -193,14 +194,7 @@ def run(rounds: int, calls: int, cold: bool = False) -> dict[str, Any]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    head = [
-        "# Thin products: the low-rank projection on a few rows",
-        "",
-        f"Command: `{report['command']}`. Date: {report['date']}. Machine: "
-        f"{report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, torch "
-        f"{report['versions']['torch']}.",
-        "",
-    ]
+    head = _header(report, "Thin products: the low-rank projection on a few rows")
     if "skipped" in report:
         return "\n".join(head + [f"Skipped: {report['skipped']}."]) + "\n"
     lines = head + [
