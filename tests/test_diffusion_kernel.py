@@ -85,8 +85,8 @@ def test_is_eq_2_and_3(layout):
     torch.testing.assert_close(g_out, g_l)
 
 
-@pytest.mark.parametrize("why", ["grad", "hook", "bias", "authors", "v1", "v2", "plain",
-                                 "flop_counter", "disabled", "half"])
+@pytest.mark.parametrize("why", ["grad", "hook", "factor_hook", "bias", "authors", "v1", "v2",
+                                 "plain", "flop_counter", "disabled", "half"])
 def test_the_modules_run_where_the_call_does_not_apply(why, calls):
     options = {"bias": why == "bias", "order": "authors" if why == "authors" else "paper",
                "diffusion": why if why in ("v1", "v2") else "lgd",
@@ -97,6 +97,8 @@ def test_the_modules_run_where_the_call_does_not_apply(why, calls):
     seen = []
     if why == "hook":
         block.local_to_global.register_forward_hook(lambda module, args, out: seen.append(out))
+    if why == "factor_hook":  # a hook on one factor W1 of W^{x,g} must see it run too
+        block.global_to_local.expand.register_forward_hook(lambda module, args, out: seen.append(out))
     if why == "grad":
         y, _ = block(x, g)
         assert y.requires_grad
@@ -115,7 +117,7 @@ def test_the_modules_run_where_the_call_does_not_apply(why, calls):
         with torch.inference_mode():
             block(x, g)
     assert calls[0] == 0
-    assert len(seen) == (1 if why == "hook" else 0)
+    assert len(seen) == (1 if why in ("hook", "factor_hook") else 0)
 
 
 @pytest.mark.parametrize("name", ["lgd2d_tiny", "lgd3d_tiny"])
